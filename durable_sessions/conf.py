@@ -1,0 +1,84 @@
+"""The ``DURABLE_SESSIONS`` settings dict, read over ``DEFAULTS`` through a lazy object.
+
+Usage: ``from durable_sessions.conf import ds_settings; ds_settings.LONG_POLL_TIMEOUT``.
+Dotted paths named in ``IMPORT_STRINGS`` are imported on first access. The cache is dropped
+whenever Django's ``setting_changed`` signal fires for ``DURABLE_SESSIONS`` (tests use
+``override_settings``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds a long-poll read waits for new data before answering 204.
+    "LONG_POLL_TIMEOUT": 20.0,
+    # Seconds an SSE response stays open before the server closes it (clients reconnect).
+    "SSE_RECONNECT_INTERVAL": 60.0,
+    # Upper bound of the body of one catch-up read (one entry larger than this is still served).
+    "MAX_READ_BYTES": 1024 * 1024,
+    # Largest accepted append body; larger bodies get 413.
+    "MAX_APPEND_BYTES": 8 * 1024 * 1024,
+    # Longest accepted stream path, in characters.
+    "MAX_PATH_LENGTH": 1024,
+    # Who may do what on the raw stream endpoints (a class with has_permission()).
+    "PERMISSION_POLICY": "durable_sessions.streams.permissions.IsAuthenticated",
+    # Origins allowed by CORS on the stream endpoints; "*" allows any origin (no credentials).
+    "CORS_ALLOWED_ORIGINS": ["*"],
+    # Value of the Cross-Origin-Resource-Policy header on stream responses.
+    "CROSS_ORIGIN_RESOURCE_POLICY": "cross-origin",
+    # The database alias that holds streams.
+    "DATABASE_ALIAS": "default",
+    # Most operations the group-commit writer puts into one transaction.
+    "WRITER_MAX_BATCH": 1000,
+    # Threads (each with its own connection) that serve catch-up reads.
+    "READER_THREADS": 4,
+    # Seconds without a notification after which a live reader re-reads the database.
+    "LIVE_RECHECK_INTERVAL": 5.0,
+    # Seconds between sweeps that delete expired streams.
+    "EXPIRY_SWEEP_INTERVAL": 30.0,
+}
+
+IMPORT_STRINGS = {"PERMISSION_POLICY"}
+
+
+class DurableSessionsSettings:
+    """Lazy view of ``settings.DURABLE_SESSIONS`` over ``DEFAULTS``."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "DURABLE_SESSIONS", None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid DURABLE_SESSIONS setting: {name!r}")
+        cache = self.__dict__["_cache"]
+        if name not in cache:
+            value = self.user_settings.get(name, DEFAULTS[name])
+            if name in IMPORT_STRINGS and isinstance(value, str):
+                value = import_string(value)
+            cache[name] = value
+        return cache[name]
+
+    def reload(self) -> None:
+        """Forget cached values (called when the settings change)."""
+        self._cache.clear()
+
+
+ds_settings = DurableSessionsSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"DURABLE_SESSIONS", "DATABASES"}:
+        ds_settings.reload()
+
+
+setting_changed.connect(_reload)

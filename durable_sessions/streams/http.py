@@ -1,0 +1,460 @@
+"""The Durable Streams HTTP protocol as a lean ASGI application.
+
+Mounted in front of Django (see ``durable_sessions.asgi``) at ``/v1/stream/``: it authenticates
+through Django (``durable_sessions.auth``) and asks the permission policy, but skips Django's
+view and middleware stack, which would cost more than the append itself. Every response, errors
+included, carries the browser security headers and CORS headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from django.contrib.auth.models import AnonymousUser
+
+from durable_sessions.auth import authenticate
+from durable_sessions.conf import ds_settings
+from durable_sessions.streams import protocol
+from durable_sessions.streams.commit import AppendOp
+from durable_sessions.streams.content import Payload, is_json, parse_json_body
+from durable_sessions.streams.errors import (
+    BadRequest,
+    NotAuthenticated,
+    PayloadTooLarge,
+    PermissionDenied,
+    StreamError,
+)
+from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
+from durable_sessions.streams.live import Follower
+from durable_sessions.streams.offsets import NOW, next_cursor, parse_read_offset
+from durable_sessions.streams.permissions import APPEND, CREATE, DELETE, READ, Access, AllowAny
+from durable_sessions.streams.records import ReadResult, StreamInfo
+from durable_sessions.streams.store import ainfo, aread, get_store
+
+logger = logging.getLogger("durable_sessions.streams.http")
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+
+EXPOSED_HEADERS = (
+    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
+    "Stream-Expires-At, Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, "
+    "Producer-Expected-Seq, Producer-Received-Seq, ETag, Location, Content-Type"
+)
+ALLOWED_HEADERS = (
+    "Content-Type, Authorization, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Closed, "
+    "Stream-Seq, Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, Producer-Id, "
+    "Producer-Epoch, Producer-Seq, Last-Event-ID"
+)
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+CATCH_UP_CACHE = "max-age=60, stale-while-revalidate=300"
+
+
+class ClientGone(Exception):
+    """The client disconnected before we finished reading its request."""
+
+
+class Request:
+    """The parts of an ASGI HTTP scope the protocol uses."""
+
+    __slots__ = ("headers", "method", "path", "query", "receive", "scope", "send", "user")
+
+    def __init__(
+        self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        self.path = path
+        self.headers: dict[str, str] = {}
+        for key, value in scope.get("headers", ()):
+            name = key.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            self.headers[name] = f"{self.headers[name]}, {text}" if name in self.headers else text
+        self.query = parse_qsl(
+            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        self.user: Any = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def param(self, name: str) -> str | None:
+        """A query parameter that may appear at most once."""
+        values = [value for key, value in self.query if key == name]
+        if len(values) > 1:
+            raise BadRequest(f"the {name!r} parameter appears more than once", code="invalid_query")
+        return values[0] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        declared = self.header("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise BadRequest("invalid Content-Length", code="invalid_content_length")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def url(self) -> str:
+        """The absolute URL of this stream (for ``Location``)."""
+        scheme = self.scope.get("scheme", "http")
+        host = self.header("host")
+        if not host:
+            server = self.scope.get("server") or ("localhost", None)
+            host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+        prefix = self.scope.get("root_path", "") + self.scope.get("ds_prefix", "/v1/stream/")
+        return f"{scheme}://{host}{prefix}{quote(self.path, safe='/')}"
+
+
+class StreamsApp:
+    """ASGI application serving the protocol for the paths below ``prefix``."""
+
+    def __init__(self, prefix: str = "/v1/stream/") -> None:
+        self.prefix = prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        raw = scope["path"][len(scope.get("root_path", "")) :]
+        scope["ds_prefix"] = self.prefix
+        request = Request(scope, receive, send, raw[len(self.prefix) :])
+        extra = cors_headers(request)
+        try:
+            if request.method == "OPTIONS":
+                await respond(send, 204, preflight_headers(request) + extra)
+                return
+            request.path = protocol.parse_stream_path(request.path, ds_settings.MAX_PATH_LENGTH)
+            handler = HANDLERS.get(request.method)
+            if handler is None:
+                raise MethodNotAllowed(f"{request.method} is not supported on streams")
+            await handler(request, extra)
+        except ClientGone:
+            return
+        except StreamError as exc:
+            await respond_error(send, exc, extra, head=request.method == "HEAD")
+        except Exception:
+            logger.exception("error serving %s %s", request.method, scope.get("path"))
+            await respond_error(send, StreamError("internal error"), extra)
+
+
+class MethodNotAllowed(StreamError):
+    status = 405
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Allow": ALLOWED_METHODS})
+
+
+def security_headers() -> list[tuple[str, str]]:
+    return [
+        ("x-content-type-options", "nosniff"),
+        ("cross-origin-resource-policy", ds_settings.CROSS_ORIGIN_RESOURCE_POLICY),
+    ]
+
+
+def cors_headers(request: Request) -> list[tuple[str, str]]:
+    """Security headers, plus CORS headers for an allowed ``Origin``."""
+    headers = security_headers()
+    origin = request.header("origin")
+    if origin is None:
+        return headers
+    allowed = ds_settings.CORS_ALLOWED_ORIGINS
+    if origin in allowed:
+        headers += [
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-credentials", "true"),
+            ("vary", "Origin"),
+        ]
+    elif "*" in allowed:
+        headers.append(("access-control-allow-origin", "*"))
+    else:
+        return headers
+    headers.append(("access-control-expose-headers", EXPOSED_HEADERS))
+    return headers
+
+
+def preflight_headers(request: Request) -> list[tuple[str, str]]:
+    requested = request.header("access-control-request-headers")
+    return [
+        ("access-control-allow-methods", ALLOWED_METHODS),
+        ("access-control-allow-headers", requested or ALLOWED_HEADERS),
+        ("access-control-max-age", "86400"),
+    ]
+
+
+async def respond(
+    send: ASGISend,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+    *,
+    head: bool = False,
+) -> None:
+    """Send a complete response."""
+    if status not in (204, 304) and not head:
+        headers = [*headers, ("content-length", str(len(body)))]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def respond_error(
+    send: ASGISend, exc: StreamError, extra: list[tuple[str, str]], *, head: bool = False
+) -> None:
+    headers = [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        *extra,
+        *((name.lower(), value) for name, value in exc.headers.items()),
+    ]
+    await respond(send, exc.status, headers, json.dumps(exc.as_json()).encode(), head=head)
+
+
+async def check(request: Request, action: str, path: str | None = None) -> None:
+    """Ask the permission policy; 401 for anonymous clients, 403 for the others."""
+    policy = permission_policy()
+    if isinstance(policy, AllowAny):
+        return
+    if request.user is None:
+        request.user = await authenticate(request.scope)
+    allowed = policy.has_permission(
+        Access(request.user, action, path or request.path, request.scope)
+    )
+    if not isinstance(allowed, bool):
+        allowed = await allowed
+    if allowed:
+        return
+    if isinstance(request.user, AnonymousUser) or not request.user.is_authenticated:
+        raise NotAuthenticated(
+            "authentication required", headers={"WWW-Authenticate": 'Token realm="streams"'}
+        )
+    raise PermissionDenied(f"not allowed to {action} {path or request.path!r}")
+
+
+_policy: tuple[type, Any] | None = None
+
+
+def permission_policy() -> Any:
+    """The configured policy instance (re-created when the setting changes)."""
+    global _policy
+    cls = ds_settings.PERMISSION_POLICY
+    if _policy is None or _policy[0] is not cls:
+        _policy = (cls, cls())
+    return _policy[1]
+
+
+def stream_headers(info: StreamInfo) -> list[tuple[str, str]]:
+    headers = [("content-type", info.content_type), ("stream-next-offset", str(info.tail))]
+    if info.closed:
+        headers.append(("stream-closed", "true"))
+    return headers
+
+
+def cache_control() -> str:
+    public = isinstance(permission_policy(), AllowAny)
+    return f"{'public' if public else 'private'}, {CATCH_UP_CACHE}"
+
+
+def read_headers(result: ReadResult) -> list[tuple[str, str]]:
+    """The headers of a response carrying a read (catch-up or long-poll 200)."""
+    headers = [("content-type", result.info.content_type), ("stream-next-offset", str(result.next))]
+    if result.up_to_date:
+        headers.append(("stream-up-to-date", "true"))
+    if result.closed:
+        headers.append(("stream-closed", "true"))
+    return headers
+
+
+def etag(result: ReadResult) -> str:
+    closed = ":c" if result.closed else ""
+    return f'"{result.info.id}:{result.start}:{result.next}{closed}"'
+
+
+async def handle_put(request: Request, extra: list[tuple[str, str]]) -> None:
+    header = request.header
+    ttl = protocol.parse_ttl(header("stream-ttl"))
+    expires_at = protocol.parse_expires_at(header("stream-expires-at"))
+    if ttl is not None and expires_at is not None:
+        raise BadRequest("Stream-TTL and Stream-Expires-At exclude each other", code="invalid_ttl")
+    fork_from = header("stream-forked-from")
+    if fork_from is None and (
+        header("stream-fork-offset") is not None or header("stream-fork-sub-offset") is not None
+    ):
+        raise BadRequest("fork headers need Stream-Forked-From", code="invalid_fork")
+    op = CreateOp(
+        request.path,
+        protocol.parse_content_type(header("content-type")),
+        ttl,
+        expires_at,
+        protocol.parse_flag(header("stream-closed")),
+        fork_from=None if fork_from is None else source_path(request, fork_from),
+        fork_offset=protocol.parse_fork_offset(header("stream-fork-offset")),
+        fork_sub_offset=protocol.parse_sub_offset(header("stream-fork-sub-offset")),
+    )
+    op.body = await request.body(ds_settings.MAX_APPEND_BYTES)
+    await check(request, CREATE)
+    if op.fork_from is not None:
+        await check(request, READ, op.fork_from)
+    created = await get_store().write(op)
+    headers = [*extra, *stream_headers(created.info)]
+    if created.created:
+        headers.append(("location", request.url()))
+    await respond(request.send, 201 if created.created else 200, headers)
+
+
+def source_path(request: Request, value: str) -> str:
+    """The stream path named by ``Stream-Forked-From`` (a URL path on this server, or a path)."""
+    value = value.strip()
+    prefix = request.scope.get("root_path", "") + request.scope["ds_prefix"]
+    if value.startswith(("http://", "https://")):
+        value = "/" + value.split("://", 1)[1].partition("/")[2]
+    if value.startswith("/"):
+        if not value.startswith(prefix):
+            raise BadRequest(
+                "Stream-Forked-From must name a stream on this server", code="invalid_fork"
+            )
+        value = value[len(prefix) :]
+    return protocol.parse_stream_path(value, ds_settings.MAX_PATH_LENGTH)
+
+
+async def handle_post(request: Request, extra: list[tuple[str, str]]) -> None:
+    header = request.header
+    close = protocol.parse_flag(header("stream-closed"))
+    producer = protocol.parse_producer(
+        header("producer-id"), header("producer-epoch"), header("producer-seq")
+    )
+    stream_seq = protocol.parse_stream_seq(header("stream-seq"))
+    content_type = protocol.parse_content_type(header("content-type"))
+    body = await request.body(ds_settings.MAX_APPEND_BYTES)
+    await check(request, APPEND)
+    payload = error = None
+    if body:
+        if content_type is None:
+            error = BadRequest("Content-Type is required on an append", code="missing_content_type")
+        elif is_json(content_type):
+            try:
+                payload = parse_json_body(body, allow_empty_array=False)
+            except BadRequest as exc:
+                error = exc
+        else:
+            payload = Payload(body, 1)
+    op = AppendOp(request.path, payload, content_type, close, stream_seq, producer, error)
+    result = await get_store().write(op)
+    headers = [*extra, ("stream-next-offset", str(result.next))]
+    if result.closed:
+        headers.append(("stream-closed", "true"))
+    if result.producer_epoch is not None:
+        headers += [
+            ("producer-epoch", str(result.producer_epoch)),
+            ("producer-seq", str(result.producer_seq)),
+        ]
+    await respond(request.send, result.status, headers)
+
+
+async def handle_head(request: Request, extra: list[tuple[str, str]]) -> None:
+    await check(request, READ)
+    info = await ainfo(request.path)
+    headers = [*extra, *stream_headers(info), ("cache-control", "no-store")]
+    if info.ttl_seconds is not None:
+        headers.append(("stream-ttl", str(info.ttl_seconds)))
+    if info.expires_at is not None:
+        stamp = datetime.fromtimestamp(info.expires_at, tz=UTC).isoformat(timespec="milliseconds")
+        headers.append(("stream-expires-at", stamp.replace("+00:00", "Z")))
+    await respond(request.send, 200, headers, head=True)
+
+
+async def handle_delete(request: Request, extra: list[tuple[str, str]]) -> None:
+    await check(request, DELETE)
+    await get_store().write(DeleteOp(request.path))
+    await respond(request.send, 204, extra)
+
+
+async def handle_get(request: Request, extra: list[tuple[str, str]]) -> None:
+    offset = request.param("offset")
+    live = request.param("live")
+    if live is not None and live not in ("long-poll", "sse"):
+        raise BadRequest(f"unknown live mode {live!r}", code="invalid_query")
+    if live is not None and offset is None:
+        raise BadRequest("live reads need an offset", code="invalid_query")
+    start = parse_read_offset(offset)
+    await check(request, READ)
+    if live == "long-poll":
+        await long_poll(request, extra, start)
+    elif live == "sse":
+        from durable_sessions.streams.sse import event_stream  # sse.py builds on this module
+
+        await event_stream(request, extra, start)
+    else:
+        await catch_up(request, extra, start)
+
+
+async def catch_up(request: Request, extra: list[tuple[str, str]], start: Any) -> None:
+    result = await aread(request.path, start)
+    headers = [*extra, *read_headers(result)]
+    if start == NOW:
+        headers.append(("cache-control", "no-store"))
+        await respond(request.send, 200, headers, result.body)
+        return
+    tag = etag(result)
+    headers += [("etag", tag), ("cache-control", cache_control())]
+    if request.header("if-none-match") == tag:
+        await respond(request.send, 304, headers)
+        return
+    await respond(request.send, 200, headers, result.body)
+
+
+async def long_poll(request: Request, extra: list[tuple[str, str]], start: Any) -> None:
+    """Answer with data as soon as there is some after ``start``, or 204 after the timeout."""
+    async with Follower(request.path, None if start == NOW else start) as follower:
+        result = await follower.next(None)
+        if not result.count and not result.closed:
+            result = await follower.next(ds_settings.LONG_POLL_TIMEOUT) or result
+        cursor = next_cursor(request.param("cursor"))
+        if result.count:
+            headers = [
+                *extra,
+                *read_headers(result),
+                ("stream-cursor", cursor),
+                ("etag", etag(result)),
+                ("cache-control", cache_control()),
+            ]
+            await respond(request.send, 200, headers, result.body)
+            return
+        headers = [
+            *extra,
+            ("stream-next-offset", str(follower.position)),
+            ("stream-up-to-date", "true"),
+            ("cache-control", "no-store"),
+        ]
+        headers.append(("stream-closed", "true") if result.closed else ("stream-cursor", cursor))
+        await respond(request.send, 204, headers)
+
+
+HANDLERS = {
+    "PUT": handle_put,
+    "POST": handle_post,
+    "GET": handle_get,
+    "HEAD": handle_head,
+    "DELETE": handle_delete,
+}

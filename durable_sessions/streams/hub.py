@@ -1,0 +1,141 @@
+"""The hub: hands committed changes to the live readers of this process.
+
+There is one hub per event loop. A live reader (long-poll, SSE, websocket, ``subscribe()``)
+registers a ``Subscription`` for its stream *before* it reads the database, so a change committed
+after that read is never missed; changes it already read are skipped by sequence number. The
+writer publishes each commit's ``Notice``s once per loop, not once per reader, and the hub fans
+them out in memory.
+
+A subscription's queue is bounded. A reader that falls behind is not allowed to hold memory or
+slow anyone down: its queue is dropped, it is marked ``overflowed`` and re-reads the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from durable_sessions.streams.records import Notice
+
+# Notices a subscription keeps before it gives up on them and re-reads the database.
+SUBSCRIPTION_QUEUE_LIMIT = 256
+
+
+class Subscription:
+    """One live reader's registration for one stream."""
+
+    __slots__ = ("_event", "_hub", "_notices", "overflowed", "stream_id")
+
+    def __init__(self, hub: Hub, stream_id: int) -> None:
+        self._hub = hub
+        self.stream_id = stream_id
+        self._notices: deque[Notice] = deque()
+        self._event = asyncio.Event()
+        self.overflowed = False
+
+    def push(self, notice: Notice) -> None:
+        """Queue a notice (called by the hub on the loop)."""
+        if len(self._notices) >= SUBSCRIPTION_QUEUE_LIMIT:
+            self._notices.clear()
+            self.overflowed = True
+        else:
+            self._notices.append(notice)
+        self._event.set()
+
+    def pending(self) -> bool:
+        return bool(self._notices) or self.overflowed
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait until a notice is queued; False when ``timeout`` seconds pass first."""
+        if self.pending():
+            return True
+        self._event.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def take(self) -> tuple[list[Notice], bool]:
+        """The queued notices and whether some were dropped since the last take."""
+        notices = list(self._notices)
+        self._notices.clear()
+        overflowed, self.overflowed = self.overflowed, False
+        return notices, overflowed
+
+    def close(self) -> None:
+        """Stop receiving notices."""
+        self._hub.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Hub:
+    """The live readers of one event loop, by stream id."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._subscriptions: dict[int, set[Subscription]] = {}
+
+    def subscribe(self, stream_id: int) -> Subscription:
+        subscription = Subscription(self, stream_id)
+        self._subscriptions.setdefault(stream_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.stream_id)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[subscription.stream_id]
+
+    def wants(self, notices: list[Notice]) -> bool:
+        """Whether any notice concerns a stream with a reader here (safe from any thread)."""
+        subscriptions = self._subscriptions
+        return any(notice.stream_id in subscriptions for notice in notices)
+
+    def deliver(self, notices: list[Notice]) -> None:
+        """Hand ``notices`` to the subscriptions of their streams (on the loop)."""
+        for notice in notices:
+            for subscription in tuple(self._subscriptions.get(notice.stream_id, ())):
+                subscription.push(notice)
+
+    def subscriber_count(self) -> int:
+        return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        for stale in [other for other in _hubs if other.is_closed()]:
+            del _hubs[stale]
+        hub = _hubs[loop] = Hub(loop)
+    return hub
+
+
+class LocalPublisher:
+    """Publishes the writer's notices to the hubs of this process (see ``writer.Publisher``)."""
+
+    def publish(self, notices: list[Notice], skip: set[asyncio.AbstractEventLoop]) -> None:
+        for loop, hub in list(_hubs.items()):
+            if loop in skip or not hub.wants(notices):
+                continue
+            try:
+                loop.call_soon_threadsafe(hub.deliver, notices)
+            except RuntimeError:  # closed loop
+                _hubs.pop(loop, None)
+
+    def deliver(self, loop: asyncio.AbstractEventLoop, notices: list[Notice]) -> None:
+        hub = _hubs.get(loop)
+        if hub is not None:
+            hub.deliver(notices)

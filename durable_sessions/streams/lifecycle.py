@@ -1,0 +1,273 @@
+"""Creating, forking, deleting and expiring streams (each inside the writer's transaction).
+
+A fork records its source and the sequence number where it diverges; reads stitch the source's
+entries below that point (``reads.segments``). With a sub-offset, the fork keeps only a prefix of
+the source's entry at the fork offset: that prefix is copied into the fork as its first own entry.
+
+Deleting a stream that forks still read from only marks it deleted (410 from then on, its path
+blocked); it is removed with its data when its last fork goes, and that removal cascades up the
+chain through sources that were themselves deleted. Expiry (TTL, Expires-At) is a deletion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from durable_sessions.streams import reads
+from durable_sessions.streams.content import (
+    DEFAULT_CONTENT_TYPE,
+    Payload,
+    body_payload,
+    is_json,
+    same_media_type,
+    split_messages,
+)
+from durable_sessions.streams.db import ENTRY, PRODUCER, STREAM, Database, RetryTransaction
+from durable_sessions.streams.errors import (
+    BadRequest,
+    Conflict,
+    StreamError,
+    StreamGone,
+    StreamNotFound,
+)
+from durable_sessions.streams.offsets import Position
+from durable_sessions.streams.records import Created, Notice, StreamInfo, StreamRow
+
+
+@dataclass(slots=True)
+class CreateOp:
+    """A create (PUT), possibly of a fork. The body is parsed once the content type is known."""
+
+    path: str
+    content_type: str | None = None
+    ttl_seconds: int | None = None
+    expires_at: float | None = None
+    closed: bool = False
+    body: bytes = b""
+    fork_from: str | None = None
+    fork_offset: Position | None = None
+    fork_sub_offset: int = 0
+
+
+@dataclass(slots=True)
+class DeleteOp:
+    """A delete (DELETE)."""
+
+    path: str
+
+
+def gone_error(path: str, soft_deleted: bool) -> StreamError:
+    """The error for a stream that is no longer there (410 while forks keep it, else 404)."""
+    if soft_deleted:
+        return StreamGone(f"stream {path!r} was deleted")
+    return StreamNotFound(f"no stream at {path!r}")
+
+
+def _hard_delete(db: Database, cur: Any, stream_id: int) -> None:
+    for table, column in ((ENTRY, "stream_id"), (PRODUCER, "stream_id"), (STREAM, "id")):
+        cur.execute(db.sql(f"DELETE FROM {table} WHERE {column} = %s"), [stream_id])
+
+
+def remove(db: Database, cur: Any, row: StreamRow) -> tuple[list[Notice], bool]:
+    """Delete ``row`` (locked): soft when forks read from it, else for good, cascading upwards.
+
+    Returns the notices for live readers and whether the stream stays as soft-deleted.
+    """
+    notices = [Notice(row.id, row.tail, closed=row.closed, deleted=True)]
+    if reads.has_forks(db, cur, row.id):
+        cur.execute(db.sql(f"UPDATE {STREAM} SET deleted = %s WHERE id = %s"), [True, row.id])
+        return notices, True
+    _hard_delete(db, cur, row.id)
+    source_id = row.source_id
+    while source_id is not None:
+        source = reads.load_row_by_id(db, cur, source_id, lock=True)
+        if source is None or not source.deleted or reads.has_forks(db, cur, source.id):
+            break
+        _hard_delete(db, cur, source.id)
+        source_id = source.source_id
+    return notices, False
+
+
+def delete(
+    db: Database, cur: Any, op: DeleteOp, now: float
+) -> tuple[StreamError | None, list[Notice]]:
+    """Delete the stream at ``op.path``; 404 when absent, 410 when already soft-deleted.
+
+    A stream found expired is removed as expired and reported as already gone: the result is
+    then an error to report *after* the transaction commits.
+    """
+    row = reads.load_row(db, cur, op.path, lock=True)
+    if row is None:
+        raise StreamNotFound(f"no stream at {op.path!r}")
+    if row.deleted:
+        raise StreamGone(f"stream {op.path!r} was deleted")
+    notices, soft = remove(db, cur, row)
+    if row.expired(now):
+        return gone_error(op.path, soft), notices
+    return None, notices
+
+
+def _fork_ttl(op: CreateOp, source: StreamRow | None) -> tuple[int | None, float | None]:
+    if op.ttl_seconds is not None or op.expires_at is not None or source is None:
+        return op.ttl_seconds, op.expires_at
+    return source.ttl_seconds, source.expires_at
+
+
+def _same_config(
+    db: Database, cur: Any, op: CreateOp, row: StreamRow, source: StreamRow | None
+) -> bool:
+    content_type = op.content_type or (source.content_type if source else DEFAULT_CONTENT_TYPE)
+    if not same_media_type(content_type, row.content_type) or op.closed != row.closed:
+        return False
+    if _fork_ttl(op, source) != (row.ttl_seconds, row.expires_at):
+        return False
+    if source is None:
+        return row.source_id is None
+    requested = op.fork_offset or source.tail
+    return (
+        row.source_id == source.id
+        and row.fork_offset == str(requested)
+        and row.fork_sub_offset == op.fork_sub_offset
+    )
+
+
+def _live_row(
+    db: Database, cur: Any, path: str, now: float, notices: list[Notice]
+) -> StreamRow | None:
+    """The locked row at ``path`` after applying a due expiry (None when it is gone)."""
+    row = reads.load_row(db, cur, path, lock=True)
+    if row is not None and not row.deleted and row.expired(now):
+        expired, soft = remove(db, cur, row)
+        notices.extend(expired)
+        return reads.load_row(db, cur, path, lock=True) if soft else None
+    return row
+
+
+def _fork_point(
+    db: Database, cur: Any, op: CreateOp, source: StreamRow
+) -> tuple[Position, Payload | None]:
+    """Where the fork diverges, and the prefix of the source's entry it keeps (sub-offset)."""
+    if op.fork_offset is None:
+        if op.fork_sub_offset:
+            raise BadRequest("Stream-Fork-Sub-Offset needs Stream-Fork-Offset", code="invalid_fork")
+        return source.tail, None
+    point = op.fork_offset
+    if point.seq > source.tail_seq:
+        raise BadRequest("Stream-Fork-Offset is beyond the source's tail", code="invalid_fork")
+    if reads.position_bytes(db, cur, source, point.seq) != point.bytes:
+        raise BadRequest("Stream-Fork-Offset is not a position of the source", code="invalid_fork")
+    if not op.fork_sub_offset:
+        return point, None
+    entry = reads.entry_at(db, cur, source, point.seq)
+    if entry is None:
+        raise BadRequest(
+            "Stream-Fork-Sub-Offset points past the source's data", code="invalid_fork"
+        )
+    if is_json(source.content_type):
+        messages = split_messages(entry.data)
+        if op.fork_sub_offset > len(messages):
+            raise BadRequest(
+                "Stream-Fork-Sub-Offset exceeds the messages there", code="invalid_fork"
+            )
+        kept = messages[: op.fork_sub_offset]
+        return point, Payload(b",".join(kept), len(kept))
+    if op.fork_sub_offset > len(entry.data):
+        raise BadRequest("Stream-Fork-Sub-Offset exceeds the bytes there", code="invalid_fork")
+    return point, Payload(entry.data[: op.fork_sub_offset], 1)
+
+
+def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, list[Notice]]:
+    """Create the stream (or fork) at ``op.path``, or confirm an identical existing one."""
+    notices: list[Notice] = []
+    source = None
+    if op.fork_from is not None:
+        source = _live_row(db, cur, op.fork_from, now, notices)
+        if source is None:
+            raise StreamNotFound(f"no source stream at {op.fork_from!r}")
+        if source.deleted:
+            raise Conflict(f"source stream {op.fork_from!r} was deleted", code="source_deleted")
+    existing = _live_row(db, cur, op.path, now, notices)
+    if existing is not None:
+        if existing.deleted:
+            raise Conflict(
+                f"stream {op.path!r} was deleted; its path stays taken while forks read from it",
+                code="path_blocked",
+            )
+        if not _same_config(db, cur, op, existing, source):
+            raise Conflict(
+                f"stream {op.path!r} exists with a different configuration", code="config_mismatch"
+            )
+        return Created(StreamInfo.of(existing), created=False), notices
+    content_type = op.content_type or (source.content_type if source else DEFAULT_CONTENT_TYPE)
+    if source is not None and not same_media_type(content_type, source.content_type):
+        raise Conflict(
+            "a fork's content type must match its source's", code="content_type_mismatch"
+        )
+    ttl_seconds, expires_at = _fork_ttl(op, source)
+    point, prefix = _fork_point(db, cur, op, source) if source else (Position(0, 0), None)
+    payload = body_payload(op.body, content_type, creating=True)
+    entries: list[tuple[int, int, int, bytes]] = []
+    tail = point
+    for part in (prefix, payload):
+        if part is not None:
+            end = tail.bytes + len(part.data)
+            entries.append((tail.seq, end, part.count, part.data))
+            tail = Position(tail.seq + 1, end)
+    cur.execute(
+        db.sql(
+            f"INSERT INTO {STREAM} (path, content_type, created_at, touched_at, ttl_seconds,"
+            " expires_at, tail_seq, tail_bytes, closed, source_id, fork_seq, fork_offset,"
+            " fork_sub_offset, deleted) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (path) DO NOTHING RETURNING id"
+        ),
+        [
+            op.path,
+            content_type,
+            now,
+            now,
+            ttl_seconds,
+            expires_at,
+            tail.seq,
+            tail.bytes,
+            op.closed,
+            source.id if source else None,
+            point.seq,
+            str(op.fork_offset or point) if source else "",
+            op.fork_sub_offset,
+            False,
+        ],
+    )
+    inserted = cur.fetchone()
+    if inserted is None:  # another process created it between our check and insert
+        raise RetryTransaction(f"stream {op.path!r} was created concurrently")
+    stream_id = inserted[0]
+    if entries:
+        cur.executemany(
+            db.sql(
+                f"INSERT INTO {ENTRY} (stream_id, seq, end_bytes, count, data) VALUES"
+                " (%s, %s, %s, %s, %s)"
+            ),
+            [(stream_id, *entry) for entry in entries],
+        )
+    info = StreamInfo(stream_id, op.path, content_type, tail, op.closed, ttl_seconds, expires_at)
+    return Created(info, created=True), notices
+
+
+def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> list[Notice]:
+    """Delete up to ``limit`` expired streams; returns the notices for live readers."""
+    cur.execute(
+        db.sql(
+            f"SELECT id FROM {STREAM} WHERE deleted = %s AND ("
+            "(ttl_seconds IS NOT NULL AND touched_at + ttl_seconds <= %s)"
+            " OR (expires_at IS NOT NULL AND expires_at <= %s)) ORDER BY id LIMIT %s"
+        ),
+        [False, now, now, limit],
+    )
+    notices: list[Notice] = []
+    for (stream_id,) in cur.fetchall():
+        row = reads.load_row_by_id(db, cur, stream_id, lock=True)
+        if row is not None and not row.deleted and row.expired(now):
+            notices.extend(remove(db, cur, row)[0])
+    return notices

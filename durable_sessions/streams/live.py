@@ -1,0 +1,137 @@
+"""Following a stream live: database catch-up first, then the hub's notices, never a gap.
+
+A ``Follower`` is what long-poll, SSE, websockets and ``subscribe()`` share. It keeps a position
+and answers ``next()`` with the next batch of entries after it:
+
+- while behind, from the database (one page per call);
+- once caught up, from the notices the hub pushes: if they continue exactly at the position and
+  carry their bytes, the batch is built from them without touching the database;
+- on a gap, an overflowed queue, a notice without bytes, or a quiet period of
+  ``LIVE_RECHECK_INTERVAL``, from the database again.
+
+It subscribes before reading, so nothing committed after a read can be missed, and it skips what
+it has already delivered by sequence number, so nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from durable_sessions.conf import ds_settings
+from durable_sessions.streams.content import is_json
+from durable_sessions.streams.hub import Subscription, get_hub
+from durable_sessions.streams.offsets import NOW, Position
+from durable_sessions.streams.records import Notice, ReadResult, StoredEntry, StreamInfo
+from durable_sessions.streams.store import aread
+
+_stream_ids: dict[str, int] = {}  # path -> last known stream id (a hint, checked on every read)
+
+
+class Follower:
+    """Reads ``path`` from ``start`` (None: from the tail) and keeps following it."""
+
+    def __init__(self, path: str, start: Position | None) -> None:
+        self.path = path
+        self.position = start
+        self.info: StreamInfo | None = None
+        self._subscription: Subscription | None = None
+        self._from_db = True
+        self._first = True
+        self.finished = False
+
+    async def __aenter__(self) -> Follower:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop following (unsubscribe from the hub)."""
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def _subscribe(self, stream_id: int) -> None:
+        if self._subscription is not None and self._subscription.stream_id == stream_id:
+            return
+        self.close()
+        self._subscription = get_hub().subscribe(stream_id)
+        _stream_ids[self.path] = stream_id
+
+    async def _read(self) -> ReadResult:
+        known = _stream_ids.get(self.path)
+        if known is not None:
+            self._subscribe(known)
+        offset = NOW if self.position is None else self.position
+        result = await aread(self.path, offset)
+        if self._subscription is None or self._subscription.stream_id != result.info.id:
+            self._subscribe(result.info.id)  # the path names a new stream: read it again
+            result = await aread(self.path, offset)
+        self.info = result.info
+        self.position = result.next
+        self._from_db = not result.up_to_date
+        self.finished = result.closed
+        return result
+
+    async def next(self, timeout: float | None) -> ReadResult | None:
+        """The next batch after the position; None when ``timeout`` seconds pass without one.
+
+        The first call always returns the first database read, even when it is empty, so that the
+        caller learns the tail and whether it is up to date. A returned batch with ``closed``
+        ends the stream.
+        """
+        if self._first:
+            self._first = False
+            return await self._read()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        recheck = ds_settings.LIVE_RECHECK_INTERVAL
+        while True:
+            if self._from_db:
+                result = await self._read()
+                if result.count or result.closed:
+                    return result
+            subscription = self._subscription
+            assert subscription is not None
+            wait = recheck if deadline is None else min(recheck, deadline - loop.time())
+            if wait <= 0:
+                return None
+            if not await subscription.wait(wait):
+                if deadline is not None and loop.time() >= deadline:
+                    return None
+                self._from_db = True  # a quiet period: check the database
+                continue
+            notices, overflowed = subscription.take()
+            batch = None if overflowed else self._from_notices(notices)
+            if batch is None:
+                self._from_db = True
+            elif batch.count or batch.closed:
+                return batch
+
+    def _from_notices(self, notices: list[Notice]) -> ReadResult | None:
+        """A batch continuing exactly at the position, or None when the database must say."""
+        position = self.position
+        assert position is not None and self.info is not None
+        entries: list[StoredEntry] = []
+        closed = False
+        for notice in notices:
+            if notice.deleted:
+                return None  # the next read reports 404/410
+            for entry in notice.entries:
+                if entry.seq < position.seq:
+                    continue
+                if entry.seq != position.seq or entry.data is None:
+                    return None
+                entries.append(entry)
+                position = entry.next
+            if notice.next.seq < position.seq:
+                continue
+            if notice.next.seq > position.seq:
+                return None
+            closed = closed or notice.closed
+        start, self.position = self.position, position
+        self.finished = closed
+        separator = b"," if is_json(self.info.content_type) else b""
+        data = separator.join(entry.data for entry in entries)
+        count = sum(entry.count for entry in entries)
+        return ReadResult(self.info, start, data, count, position, True, closed)

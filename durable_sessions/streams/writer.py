@@ -1,0 +1,264 @@
+"""The group-commit writer: one thread per process that writes every change to the log.
+
+Callers queue operations and wait. The thread takes everything queued, runs consecutive appends
+as one transaction (``commit.apply_appends``) and every other operation in a transaction of its
+own, in queue order, and only after the commit hands the results back. Results and change notices
+for callers on an asyncio loop are delivered with one ``call_soon_threadsafe`` per loop and batch,
+notices first, so a live reader on that loop sees a change no later than its writer's ack.
+
+A transaction that fails on a deadlock or a busy database is run again. When a batch of appends
+fails for another reason, each append is retried alone, so one bad append cannot fail the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from durable_sessions.streams import commit, lifecycle
+from durable_sessions.streams.db import Database, ThreadConnections, connection_lost, retryable
+from durable_sessions.streams.errors import StreamError, Unavailable
+from durable_sessions.streams.records import Notice
+
+logger = logging.getLogger("durable_sessions.streams.writer")
+
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_ATTEMPTS = 6
+
+Waiter = asyncio.Future | concurrent.futures.Future
+
+
+class Publisher(Protocol):
+    """Where committed changes go: the live readers of this process (and others)."""
+
+    def publish(self, notices: list[Notice], skip: set[asyncio.AbstractEventLoop]) -> None:
+        """From the writer thread: hand ``notices`` to every loop not in ``skip``."""
+
+    def deliver(self, loop: asyncio.AbstractEventLoop, notices: list[Notice]) -> None:
+        """On ``loop``: hand ``notices`` to that loop's live readers now."""
+
+
+class Writer:
+    """Runs queued operations on its own thread and connection, appends in group commits."""
+
+    def __init__(
+        self,
+        database: Database,
+        publisher: Publisher,
+        *,
+        max_batch: int = 1000,
+        sweep_interval: float = 30.0,
+    ) -> None:
+        self.database = database
+        self._publisher = publisher
+        self._max_batch = max_batch
+        self._sweep_interval = sweep_interval
+        self._queue: deque[tuple[Any, Waiter]] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._conns = ThreadConnections(database)
+        self._stopping = False
+        self._next_sweep = time.monotonic() + sweep_interval
+
+    # -- the caller's side ---------------------------------------------------------------------
+
+    def submit(self, op: Any, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
+        """Queue ``op``; returns an asyncio future on ``loop``, or a concurrent future."""
+        waiter: Waiter = loop.create_future() if loop is not None else concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the stream writer is shutting down")
+            self._queue.append((op, waiter))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="durable-sessions-writer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return waiter
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then stop the thread and close its connection."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout)
+        self._conns.close_all()
+
+    # -- the thread's side ---------------------------------------------------------------------
+
+    def _take(self) -> list[tuple[Any, Waiter]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                wait = self._next_sweep - time.monotonic()
+                if wait <= 0:
+                    return []
+                self._cond.wait(wait)
+            batch: list[tuple[Any, Waiter]] = []
+            size = 0
+            while self._queue and len(batch) < self._max_batch and size < MAX_BATCH_BYTES:
+                op, waiter = self._queue.popleft()
+                batch.append((op, waiter))
+                size += getattr(op, "size", 0)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self._sweep_interval
+                    self._sweep()
+                self._execute(batch)
+            except BaseException as exc:  # never let the thread die with callers waiting
+                logger.exception("stream writer failed")
+                self._deliver(
+                    [
+                        (waiter, Unavailable(f"stream writer failed: {exc}"))
+                        for _op, waiter in batch
+                    ],
+                    [],
+                )
+
+    def _sweep(self) -> None:
+        try:
+            _result, notices = self._transaction(
+                lambda cur, now: (None, lifecycle.sweep_expired(self.database, cur, now))
+            )
+            if notices:
+                self._deliver([], notices)
+        except Exception:
+            logger.exception("expiry sweep failed")
+
+    def _execute(self, batch: list[tuple[Any, Waiter]]) -> None:
+        run: list[tuple[Any, Waiter]] = []
+        for item in batch:
+            if isinstance(item[0], commit.AppendOp):
+                run.append(item)
+                continue
+            if run:
+                self._append_run(run)
+                run = []
+            self._single(*item)
+        if run:
+            self._append_run(run)
+
+    def _append_run(self, run: list[tuple[Any, Waiter]]) -> None:
+        ops = [op for op, _waiter in run]
+        try:
+            results, notices = self._transaction(
+                lambda cur, now: commit.apply_appends(self.database, cur, ops, now)
+            )
+        except Exception as exc:
+            if len(run) == 1:
+                self._deliver([(run[0][1], _as_stream_error(exc))], [])
+                return
+            logger.warning("group commit of %d appends failed (%s); retrying singly", len(run), exc)
+            for item in run:
+                self._append_run([item])
+            return
+        outcomes = [(waiter, result) for (_op, waiter), result in zip(run, results, strict=True)]
+        self._deliver(outcomes, notices)
+
+    def _single(self, op: Any, waiter: Waiter) -> None:
+        if isinstance(op, lifecycle.CreateOp):
+            fn = lifecycle.create
+        elif isinstance(op, lifecycle.DeleteOp):
+            fn = lifecycle.delete
+        else:
+            self._deliver([(waiter, TypeError(f"unknown operation {op!r}"))], [])
+            return
+        try:
+            result, notices = self._transaction(lambda cur, now: fn(self.database, cur, op, now))
+        except Exception as exc:
+            self._deliver([(waiter, _as_stream_error(exc))], [])
+            return
+        self._deliver([(waiter, result)], notices)
+
+    def _transaction(
+        self, fn: Callable[[Any, float], tuple[Any, list[Notice]]]
+    ) -> tuple[Any, list[Notice]]:
+        """Run ``fn(cursor, now)`` in a transaction, again when it may succeed on a retry."""
+        for attempt in range(MAX_ATTEMPTS):
+            conn = self._conns.get()
+            try:
+                cur = conn.cursor()
+                self.database.begin(conn)
+                result = fn(cur, time.time())
+                conn.execute("COMMIT")
+                return result
+            except StreamError:
+                self._rollback(conn)
+                raise
+            except Exception as exc:
+                self._rollback(conn)
+                if connection_lost(exc):
+                    self._conns.discard()
+                    if attempt == 0:
+                        continue
+                    raise Unavailable(f"streams database unavailable: {exc}") from exc
+                if retryable(exc) and attempt < MAX_ATTEMPTS - 1:
+                    time.sleep(0.002 * (2**attempt))
+                    continue
+                raise
+        raise Unavailable("stream transaction kept failing")  # pragma: no cover
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except Exception:
+            self._conns.discard()
+
+    def _deliver(self, outcomes: list[tuple[Waiter, Any]], notices: list[Notice]) -> None:
+        """Publish ``notices`` and settle the waiters: one callback per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+        for waiter, outcome in outcomes:
+            if isinstance(waiter, concurrent.futures.Future):
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+            else:
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+        if notices:
+            self._publisher.publish(notices, set(by_loop))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed while its caller waited
+                loop.call_soon_threadsafe(_settle, self._publisher, loop, notices, items)
+
+
+def _settle(
+    publisher: Publisher,
+    loop: asyncio.AbstractEventLoop,
+    notices: list[Notice],
+    items: list[tuple[asyncio.Future, Any]],
+) -> None:
+    if notices:
+        publisher.deliver(loop, notices)
+    for future, outcome in items:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _as_stream_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, StreamError):
+        return exc
+    logger.error("stream operation failed: %r", exc)
+    return Unavailable(f"stream operation failed: {exc}")

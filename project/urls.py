@@ -1,0 +1,8 @@
+"""URLs of the host project. The stream protocol is served in front of Django (project/asgi.py)."""
+
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+]
