@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "CROSS_ORIGIN_RESOURCE_POLICY": "cross-origin",
     # The database alias that holds streams.
     "DATABASE_ALIAS": "default",
+    # Group-commit writer threads per process on Postgres (SQLite always uses one).
+    "WRITER_THREADS": 1,
     # Most operations the group-commit writer puts into one transaction.
     "WRITER_MAX_BATCH": 1000,
     # Threads (each with its own connection) that serve catch-up reads.

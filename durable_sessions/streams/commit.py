@@ -243,35 +243,53 @@ def apply_appends(
     return results, notices
 
 
+ENTRY_COLUMNS = {
+    "stream_id": "bigint",
+    "seq": "bigint",
+    "end_bytes": "bigint",
+    "count": "integer",
+    "data": "bytea",
+}
+PRODUCER_COLUMNS = {
+    "stream_id": "bigint",
+    "producer_id": "text",
+    "epoch": "bigint",
+    "last_seq": "bigint",
+    "updated_at": "double precision",
+}
+TAIL_COLUMNS = {
+    "tail_seq": "bigint",
+    "tail_bytes": "bigint",
+    "last_stream_seq": "text",
+    "closed": "boolean",
+    "closed_by_producer": "text",
+    "closed_by_epoch": "bigint",
+    "closed_by_seq": "bigint",
+    "touched_at": "double precision",
+}
+
+
 def _write(db: Database, cur: Any, batch: _Batch, now: float) -> None:
     if batch.entries:
-        cur.executemany(
-            db.sql(
-                f"INSERT INTO {ENTRY} (stream_id, seq, end_bytes, count, data)"
-                " VALUES (%s, %s, %s, %s, %s)"
-            ),
-            batch.entries,
-        )
+        db.insert_many(cur, ENTRY, ENTRY_COLUMNS, batch.entries)
     if batch.dirty_producers:
-        cur.executemany(
-            db.sql(
-                f"INSERT INTO {PRODUCER} (stream_id, producer_id, epoch, last_seq, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id, producer_id) DO UPDATE"
-                " SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
-                " updated_at = excluded.updated_at"
-            ),
+        db.insert_many(
+            cur,
+            PRODUCER,
+            PRODUCER_COLUMNS,
             [
                 (stream_id, producer_id, *batch.producers[(stream_id, producer_id)], now)
                 for stream_id, producer_id in sorted(batch.dirty_producers)
             ],
+            suffix="ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch,"
+            " last_seq = excluded.last_seq, updated_at = excluded.updated_at",
         )
     if batch.touched:
-        cur.executemany(
-            db.sql(
-                f"UPDATE {STREAM} SET tail_seq = %s, tail_bytes = %s, last_stream_seq = %s,"
-                " closed = %s, closed_by_producer = %s, closed_by_epoch = %s,"
-                " closed_by_seq = %s, touched_at = %s WHERE id = %s"
-            ),
+        db.update_many(
+            cur,
+            STREAM,
+            "id",
+            TAIL_COLUMNS,
             [
                 (
                     row.tail_seq,

@@ -15,7 +15,7 @@ import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 from django.db import connections
@@ -120,6 +120,46 @@ class Database:
     def begin(self, conn: Any) -> None:
         """Open a write transaction (SQLite: take the write lock now, not at first write)."""
         conn.execute("BEGIN" if self.is_postgres else "BEGIN IMMEDIATE")
+
+    def insert_many(
+        self, cur: Any, table: str, columns: dict[str, str], rows: list[tuple], suffix: str = ""
+    ) -> None:
+        """Insert ``rows`` with one statement. ``columns`` maps each column to its SQL type.
+
+        Postgres gets one array per column and ``unnest`` turns them back into rows: one
+        statement to plan and run, however many rows.
+        """
+        names = ", ".join(columns)
+        if self.is_postgres:
+            arrays = ", ".join(f"%s::{kind}[]" for kind in columns.values())
+            cur.execute(
+                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+                f"{' WHERE true ' + suffix if suffix else ''}",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+            return
+        values = self.placeholders(len(columns))
+        cur.executemany(self.sql(f"INSERT INTO {table} ({names}) VALUES ({values}) {suffix}"), rows)
+
+    def update_many(
+        self, cur: Any, table: str, key: str, columns: dict[str, str], rows: list[tuple]
+    ) -> None:
+        """``UPDATE`` one row per tuple of ``rows``: the new values, then the ``key`` value."""
+        if self.is_postgres:
+            arrays = ", ".join(f"%s::{kind}[]" for kind in (*columns.values(), "bigint"))
+            assignments = ", ".join(f"{name} = v.{name}" for name in columns)
+            cur.execute(
+                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays})"
+                f" AS v({', '.join(columns)}, {key}) WHERE t.{key} = v.{key}",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+            return
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        cur.executemany(self.sql(f"UPDATE {table} SET {assignments} WHERE {key} = %s"), rows)
+
+    def pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        """Batch the statements sent on ``conn`` until a result is needed (Postgres only)."""
+        return conn.pipeline() if self.is_postgres else nullcontext()
 
     def lock_clause(self) -> str:
         """Row-lock suffix for SELECTs in a write transaction (SQLite locks the whole file)."""

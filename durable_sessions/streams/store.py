@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -42,20 +43,29 @@ class Store:
 
     def __init__(self, alias: str | None = None) -> None:
         self.database = Database(alias)
-        self.writer = Writer(
-            self.database,
-            LocalPublisher(),
-            max_batch=ds_settings.WRITER_MAX_BATCH,
-            sweep_interval=ds_settings.EXPIRY_SWEEP_INTERVAL,
-        )
+        # SQLite takes one writer at a time anyway; on Postgres, writers for disjoint sets of
+        # streams overlap one batch's commit with the next batch's work.
+        count = ds_settings.WRITER_THREADS if self.database.is_postgres else 1
+        publisher = LocalPublisher()
+        self.writers = [
+            Writer(
+                self.database,
+                publisher,
+                max_batch=ds_settings.WRITER_MAX_BATCH,
+                sweep_interval=ds_settings.EXPIRY_SWEEP_INTERVAL if i == 0 else None,
+                name=f"durable-sessions-writer-{i}",
+            )
+            for i in range(max(1, count))
+        ]
         self._readers = ThreadConnections(self.database)
         self._executor = ThreadPoolExecutor(
             max_workers=ds_settings.READER_THREADS, thread_name_prefix="durable-sessions-reader"
         )
 
     def close(self) -> None:
-        """Stop the writer (after what it has queued) and close every connection."""
-        self.writer.stop()
+        """Stop the writers (after what they have queued) and close every connection."""
+        for writer in self.writers:
+            writer.stop()
         self._executor.shutdown(wait=True)
         self._readers.close_all()
 
@@ -74,12 +84,17 @@ class Store:
         """Run ``fn(database, cursor, *args)`` on a reader thread and wait for it."""
         return self._executor.submit(self._run_read, fn, *args).result()
 
+    def writer_for(self, path: str) -> Writer:
+        """The writer of ``path``: every change to one stream goes through the same writer."""
+        writers = self.writers
+        return writers[zlib.crc32(path.encode()) % len(writers)] if len(writers) > 1 else writers[0]
+
     async def write(self, op: Any) -> Any:
-        """Queue ``op`` on the writer and wait for its commit."""
-        return await self.writer.submit(op, asyncio.get_running_loop())
+        """Queue ``op`` on its stream's writer and wait for the commit."""
+        return await self.writer_for(op.path).submit(op, asyncio.get_running_loop())
 
     def write_sync(self, op: Any) -> Any:
-        return self.writer.submit(op).result()
+        return self.writer_for(op.path).submit(op).result()
 
 
 _store: Store | None = None

@@ -54,18 +54,20 @@ class Writer:
         publisher: Publisher,
         *,
         max_batch: int = 1000,
-        sweep_interval: float = 30.0,
+        sweep_interval: float | None = 30.0,
+        name: str = "durable-sessions-writer",
     ) -> None:
         self.database = database
         self._publisher = publisher
         self._max_batch = max_batch
         self._sweep_interval = sweep_interval
+        self._name = name
         self._queue: deque[tuple[Any, Waiter]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._conns = ThreadConnections(database)
         self._stopping = False
-        self._next_sweep = time.monotonic() + sweep_interval
+        self._next_sweep = time.monotonic() + (sweep_interval or 0.0)
 
     # -- the caller's side ---------------------------------------------------------------------
 
@@ -77,9 +79,7 @@ class Writer:
                 raise Unavailable("the stream writer is shutting down")
             self._queue.append((op, waiter))
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="durable-sessions-writer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify()
         return waiter
@@ -101,6 +101,9 @@ class Writer:
             while not self._queue:
                 if self._stopping:
                     return None
+                if self._sweep_interval is None:
+                    self._cond.wait()
+                    continue
                 wait = self._next_sweep - time.monotonic()
                 if wait <= 0:
                     return []
@@ -119,7 +122,7 @@ class Writer:
             if batch is None:
                 return
             try:
-                if time.monotonic() >= self._next_sweep:
+                if self._sweep_interval and time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self._sweep_interval
                     self._sweep()
                 self._execute(batch)
@@ -195,10 +198,13 @@ class Writer:
         for attempt in range(MAX_ATTEMPTS):
             conn = self._conns.get()
             try:
-                cur = conn.cursor()
-                self.database.begin(conn)
-                result = fn(cur, time.time())
-                conn.execute("COMMIT")
+                # Postgres pipeline: BEGIN travels with the first query, and the writes travel
+                # with the COMMIT, so a group commit costs two round trips to the server.
+                with self.database.pipeline(conn):
+                    cur = conn.cursor()
+                    self.database.begin(conn)
+                    result = fn(cur, time.time())
+                    conn.execute("COMMIT")
                 return result
             except StreamError:
                 self._rollback(conn)

@@ -1,0 +1,327 @@
+"""The HTTP protocol against a real daphne process: bad input, limits, races, auth, CORS."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import uuid
+
+import httpx
+import pytest
+from django.contrib.auth.models import User
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rest_framework.authtoken.models import Token
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def name() -> str:
+    return f"http-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(public_server):
+    with httpx.Client(base_url=f"{public_server.url}/v1/stream/", timeout=10) as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    body = response.json()["error"]
+    assert body["message"]
+    if code is not None:
+        assert body["code"] == code
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [
+        "",
+        "0,1",
+        "0 1",
+        "abc",
+        "../x",
+        "1_2",
+        "0000000000000000-0000000000000000",
+        "00000000000000000_0000000000000000",
+        "now ",
+        "-2",
+        "%00",
+        "0000000000000000_000000000000000a",
+    ],
+)
+def test_malformed_offsets_are_400(client, offset):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="x")
+    assert_error(client.get(path, params={"offset": offset}), 400)
+
+
+def test_repeated_offset_and_unknown_live_mode_are_400(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"})
+    assert_error(client.get(f"{path}?offset=-1&offset=-1"), 400, "invalid_query")
+    assert_error(client.get(path, params={"offset": "-1", "live": "websocket"}), 400)
+    assert_error(client.get(path, params={"live": "sse"}), 400)
+
+
+def test_offset_beyond_the_tail_is_400(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="abc")
+    response = client.get(path, params={"offset": "0000000000000009_0000000000000009"})
+    assert_error(response, 400, "offset_beyond_tail")
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"stream-ttl": "01"}, "invalid_ttl"),
+        ({"stream-ttl": "1.5"}, "invalid_ttl"),
+        ({"stream-ttl": "99999999999999"}, "invalid_ttl"),
+        ({"stream-expires-at": "2030-01-01"}, "invalid_expires_at"),
+        ({"stream-expires-at": "2030-02-30T00:00:00Z"}, "invalid_expires_at"),
+        ({"stream-ttl": "5", "stream-expires-at": "2030-01-01T00:00:00Z"}, "invalid_ttl"),
+        ({"stream-fork-offset": "-1"}, "invalid_fork"),
+        ({"content-type": "text/plain\x7f"}, "invalid_content_type"),
+    ],
+)
+def test_malformed_create_headers_are_400(client, headers, code):
+    assert_error(client.put(name(), headers=headers), 400, code)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"producer-id": "p"}, "invalid_producer"),
+        ({"producer-id": "p", "producer-epoch": "0", "producer-seq": "x"}, "invalid_producer"),
+        (
+            {"producer-id": "p", "producer-epoch": str(2**53), "producer-seq": "0"},
+            "invalid_producer",
+        ),
+        ({"producer-id": "", "producer-epoch": "0", "producer-seq": "0"}, "invalid_producer"),
+    ],
+)
+def test_malformed_append_headers_are_400(client, headers, code):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"})
+    response = client.post(path, headers={"content-type": "text/plain", **headers}, content="x")
+    assert_error(response, 400, code)
+    assert client.get(path).content == b""
+
+
+def test_a_garbled_content_length_is_rejected_before_any_write(client, public_server):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"})
+    raw = (
+        f"POST /v1/stream/{path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        "Content-Length: abc\r\n\r\nhello"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", public_server.port), timeout=5) as sock:
+        sock.sendall(raw)
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"400"
+    assert client.get(path).content == b""
+
+
+def test_invalid_json_is_400_and_writes_nothing(client):
+    path = name()
+    client.put(path, headers={"content-type": "application/json"}, content='[{"a": 1}]')
+    for body in ('{"a": ', "[]", "NaN", '"\\ud800', "[1,]"):
+        response = client.post(path, headers={"content-type": "application/json"}, content=body)
+        assert response.status_code == 400, body
+    assert client.get(path).json() == [{"a": 1}]
+
+
+def test_invalid_json_on_create_creates_nothing(client):
+    path = name()
+    response = client.put(path, headers={"content-type": "application/json"}, content="{oops")
+    assert_error(response, 400, "invalid_json")
+    assert client.head(path).status_code == 404
+
+
+def test_oversize_bodies_are_413_and_write_nothing(client, settings):
+    path = name()
+    client.put(path, headers={"content-type": "application/octet-stream"})
+    big = b"\0" * (8 * 1024 * 1024 + 1)
+    response = client.post(path, headers={"content-type": "application/octet-stream"}, content=big)
+    assert_error(response, 413, "payload_too_large")
+
+    def chunks():
+        for _ in range(9):
+            yield b"\1" * (1024 * 1024)
+
+    streamed = client.post(
+        path, headers={"content-type": "application/octet-stream"}, content=chunks()
+    )
+    assert streamed.status_code == 413
+    assert client.get(path).content == b""
+    assert_error(client.put(name(), content=big), 413)
+
+
+def test_unknown_streams_are_404_for_every_method(client):
+    path = name()
+    for response in (
+        client.get(path),
+        client.get(path, params={"offset": "-1", "live": "long-poll"}),
+        client.get(path, params={"offset": "-1", "live": "sse"}),
+        client.post(path, headers={"content-type": "text/plain"}, content="x"),
+        client.delete(path),
+    ):
+        assert_error(response, 404, "stream_not_found")
+    assert client.head(path).status_code == 404
+
+
+def test_content_type_mismatch_is_409_and_missing_type_400(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"})
+    assert_error(
+        client.post(path, headers={"content-type": "application/json"}, content="{}"),
+        409,
+        "content_type_mismatch",
+    )
+    assert_error(client.post(path, content=b"raw"), 400, "missing_content_type")
+
+
+def test_invalid_paths_are_400(client):
+    for path in ("a//b", "a/%2E/b", "a/%2E%2E/b", "__ds/subscriptions/x", "x%00y"):
+        assert client.put(path).status_code == 400, path
+    assert client.request("PATCH", name()).status_code == 405
+
+
+def test_concurrent_create_delete_and_append_races_never_fail_the_server(client):
+    path = name()
+
+    def hammer(i: int) -> int:
+        with httpx.Client(base_url=client.base_url, timeout=10) as own:
+            kind = i % 3
+            if kind == 0:
+                return own.put(path, headers={"content-type": "text/plain"}).status_code
+            if kind == 1:
+                return own.delete(path).status_code
+            return own.post(
+                path, headers={"content-type": "text/plain"}, content=f"m{i}"
+            ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(hammer, range(150)))
+    assert set(statuses) <= {200, 201, 204, 404}
+    final = client.get(path)
+    assert final.status_code in (200, 404)
+    if final.status_code == 200:
+        assert client.post(path, headers={"content-type": "text/plain"}, content="z").is_success
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    header=st.sampled_from(
+        [
+            "stream-ttl",
+            "stream-expires-at",
+            "stream-closed",
+            "stream-seq",
+            "producer-epoch",
+            "stream-forked-from",
+            "stream-fork-offset",
+            "stream-fork-sub-offset",
+            "content-type",
+        ]
+    ),
+    value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(
+        str.strip
+    ),
+    method=st.sampled_from(["PUT", "POST"]),
+)
+def test_arbitrary_header_values_never_cause_a_server_error(client, header, value, method):
+    path = name()
+    if method == "POST":
+        client.put(path, headers={"content-type": "text/plain"})
+    headers = {"content-type": "text/plain", header: value}
+    response = client.request(method, path, headers=headers, content="x")
+    assert response.status_code < 500, response.text
+
+
+def test_security_and_cors_headers_on_every_response(client):
+    path = name()
+    origin = {"origin": "https://example.com"}
+    created = client.put(path, headers={"content-type": "text/plain", **origin})
+    missing = client.get(name(), headers=origin)
+    for response in (created, missing):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "Stream-Next-Offset" in response.headers["access-control-expose-headers"]
+    preflight = client.options(
+        path,
+        headers={
+            **origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "producer-id",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-headers"] == "producer-id"
+    assert "PUT" in preflight.headers["access-control-allow-methods"]
+
+
+def test_etag_changes_when_the_stream_closes(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="x")
+    first = client.get(path)
+    assert client.get(path, headers={"if-none-match": first.headers["etag"]}).status_code == 304
+    client.post(path, headers={"stream-closed": "true"})
+    after = client.get(path)
+    assert after.headers["etag"] != first.headers["etag"]
+    assert after.headers["stream-closed"] == "true"
+
+
+# -- access control (the default policy: authenticated users only) -------------------------
+
+
+@pytest.fixture
+def private(private_server):
+    with httpx.Client(base_url=f"{private_server.url}/v1/stream/", timeout=10) as client:
+        yield client
+
+
+def test_anonymous_clients_get_401_with_a_json_error(private):
+    for response in (
+        private.put(name()),
+        private.get(name()),
+        private.head(name()),
+        private.post(name(), content="x"),
+        private.delete(name()),
+    ):
+        assert response.status_code == 401
+        if response.request.method != "HEAD":
+            assert response.json()["error"]["code"] == "not_authenticated"
+    assert private.options(name()).status_code == 204
+
+
+def test_a_bad_token_is_anonymous_and_a_good_one_is_allowed(private):
+    user = User.objects.create_user("alice", password="pw")
+    token = Token.objects.create(user=user)
+    assert private.put(name(), headers={"authorization": "Token nope"}).status_code == 401
+    path = name()
+    good = {"authorization": f"Token {token.key}", "content-type": "text/plain"}
+    assert private.put(path, headers=good, content="hi").status_code == 201
+    assert private.get(path, headers={"authorization": f"Bearer {token.key}"}).text == "hi"
+
+
+def test_session_cookie_authenticates(private, private_server):
+    User.objects.create_user("bob", password="pw")
+    from django.test import Client
+
+    django_client = Client()
+    assert django_client.login(username="bob", password="pw")
+    cookie = django_client.cookies["sessionid"].value
+    path = name()
+    response = private.put(path, headers={"cookie": f"sessionid={cookie}"})
+    assert response.status_code == 201
+    inactive = User.objects.get(username="bob")
+    inactive.is_active = False
+    inactive.save()
+    assert private.get(path, headers={"cookie": f"sessionid={cookie}"}).status_code == 401
