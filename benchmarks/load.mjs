@@ -54,10 +54,17 @@ async function appends({ producers = 16, seconds = 5, sameStream = false, batch 
   let failed = 0;
   const workers = paths.map(async (path) => {
     while (!stop) {
-      const res = await request("POST", path, { headers: { "content-type": "application/json" }, body });
-      if (res.status === 204 || res.status === 200) {
-        if (counting) done++;
-      } else if (counting) failed++;
+      let ok = false;
+      try {
+        const res = await request("POST", path, { headers: { "content-type": "application/json" }, body });
+        ok = res.status === 204 || res.status === 200;
+      } catch {
+        // A refused or reset connection is a failed append, not the end of the run.
+      }
+      if (counting) {
+        if (ok) done++;
+        else failed++;
+      }
     }
   });
   await new Promise((r) => setTimeout(r, warmup * 1000));
@@ -94,7 +101,8 @@ async function longPollLatency({ rounds = 200 }) {
 }
 
 // SSE fan-out: `subscribers` SSE readers on one stream, one writer at `rate` appends/s.
-async function sseFanout({ subscribers = 200, rate = 50, seconds = 10 }) {
+// Fails if the subscribers are not all connected within `readyTimeout` seconds.
+async function sseFanout({ subscribers = 200, rate = 50, seconds = 10, readyTimeout = 30 }) {
   const path = `bench-sse-${runId}`;
   await create(path);
   const offset = (await request("GET", `${path}?offset=now`)).headers["stream-next-offset"];
@@ -145,7 +153,16 @@ async function sseFanout({ subscribers = 200, rate = 50, seconds = 10 }) {
       }));
     }
   });
-  await allReady;
+  // Every subscriber must be connected (it has seen its first control event) before writing.
+  let readyTimer;
+  const timedOut = new Promise((_, reject) => {
+    readyTimer = setTimeout(
+      () => reject(new Error(`only ${ready} of ${subscribers} SSE subscribers connected`)),
+      readyTimeout * 1000,
+    );
+  });
+  await Promise.race([allReady, timedOut]);
+  clearTimeout(readyTimer);
   const interval = 1000 / rate;
   const start = performance.now();
   const writes = [];
@@ -177,7 +194,8 @@ async function catchUp({ messages = 5000, readers = 4, seconds = 5 }) {
   await Promise.all(Array.from({ length: writers }, async () => {
     while (next < messages) {
       const i = next++;
-      await request("POST", path, { headers: { "content-type": "application/json" }, body: message(i) });
+      const res = await request("POST", path, { headers: { "content-type": "application/json" }, body: message(i) });
+      if (res.status !== 204 && res.status !== 200) throw new Error(`catch-up append answered ${res.status}`);
     }
   }));
   let count = 0;

@@ -1,1 +1,174 @@
-"""System checks (placeholder, filled below)."""
+"""System checks for what can be misconfigured. Every id is listed in docs/checks.md."""
+
+from __future__ import annotations
+
+import difflib
+from numbers import Real
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.utils.module_loading import import_string
+
+from durable_sessions.conf import DEFAULTS
+
+POSITIVE_NUMBERS = {
+    "LONG_POLL_TIMEOUT",
+    "SSE_RECONNECT_INTERVAL",
+    "MAX_READ_BYTES",
+    "MAX_APPEND_BYTES",
+    "MAX_PATH_LENGTH",
+    "WRITER_MAX_BATCH",
+    "WRITER_THREADS",
+    "READER_THREADS",
+    "LIVE_RECHECK_INTERVAL",
+    "EXPIRY_SWEEP_INTERVAL",
+}
+INTEGERS = {
+    "MAX_READ_BYTES",
+    "MAX_APPEND_BYTES",
+    "MAX_PATH_LENGTH",
+    "WRITER_MAX_BATCH",
+    "WRITER_THREADS",
+    "READER_THREADS",
+}
+
+
+def _user_settings() -> Any:
+    return getattr(settings, "DURABLE_SESSIONS", {})
+
+
+@register("durable_sessions")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    """DURABLE_SESSIONS is a dict of known keys with values of the right kind."""
+    user = _user_settings()
+    if not isinstance(user, dict):
+        return [
+            Error(
+                "DURABLE_SESSIONS must be a dict.",
+                hint="DURABLE_SESSIONS = {...}",
+                id="durable_sessions.E001",
+            )
+        ]
+    errors: list = []
+    for key in sorted(set(user) - set(DEFAULTS)):
+        close = difflib.get_close_matches(key, DEFAULTS, n=1)
+        hint = f"Did you mean {close[0]!r}?" if close else "See docs/settings.md."
+        errors.append(
+            Error(
+                f"Unknown DURABLE_SESSIONS setting {key!r}.", hint=hint, id="durable_sessions.E002"
+            )
+        )
+    for key in sorted(POSITIVE_NUMBERS & set(user)):
+        value = user[key]
+        bad = isinstance(value, bool) or not isinstance(value, Real) or value <= 0
+        if not bad and key in INTEGERS and int(value) != value:
+            bad = True
+        if bad:
+            kind = "a positive integer" if key in INTEGERS else "a positive number"
+            errors.append(
+                Error(
+                    f"DURABLE_SESSIONS[{key!r}] must be {kind}, not {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="durable_sessions.E003",
+                )
+            )
+    origins = user.get("CORS_ALLOWED_ORIGINS", [])
+    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+        errors.append(
+            Error(
+                "DURABLE_SESSIONS['CORS_ALLOWED_ORIGINS'] must be a list of origins.",
+                hint='For example ["https://app.example.com"] or ["*"].',
+                id="durable_sessions.E003",
+            )
+        )
+    policy = user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"])
+    if isinstance(policy, str):
+        try:
+            policy = import_string(policy)
+        except ImportError as exc:
+            errors.append(
+                Error(
+                    f"PERMISSION_POLICY {policy!r} cannot be imported: {exc}.",
+                    hint="Give the dotted path of a class with has_permission().",
+                    id="durable_sessions.E004",
+                )
+            )
+            policy = None
+    if policy is not None and not callable(getattr(policy, "has_permission", None)):
+        errors.append(
+            Error(
+                "PERMISSION_POLICY must be a class with a has_permission() method.",
+                hint="Subclass durable_sessions.streams.permissions.BasePermission.",
+                id="durable_sessions.E004",
+            )
+        )
+    return errors
+
+
+@register("durable_sessions", "database")
+def check_database(app_configs: Any = None, **kwargs: Any) -> list:
+    """The streams database alias exists and is Postgres or SQLite."""
+    user = _user_settings() if isinstance(_user_settings(), dict) else {}
+    alias = user.get("DATABASE_ALIAS", DEFAULTS["DATABASE_ALIAS"])
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", "")
+    return database_problems(getattr(settings, "DATABASES", {}), alias, layer)
+
+
+def database_problems(databases: dict[str, Any], alias: str, layer: str) -> list:
+    """The checks of ``check_database`` on explicit values (testable without settings)."""
+    if alias not in databases:
+        return [
+            Error(
+                f"DURABLE_SESSIONS['DATABASE_ALIAS'] is {alias!r}, which is not in DATABASES.",
+                hint=f"Choose one of {sorted(databases)}.",
+                id="durable_sessions.E005",
+            )
+        ]
+    engine = databases[alias].get("ENGINE", "")
+    if not engine.endswith(("postgresql", "sqlite3")):
+        return [
+            Error(
+                f"The streams database uses {engine!r}; durable_sessions supports "
+                "PostgreSQL and SQLite.",
+                hint="Point DATABASE_ALIAS at one of those.",
+                id="durable_sessions.E006",
+            )
+        ]
+    warnings = []
+    if engine.endswith("sqlite3") and "redis" in layer.lower():
+        warnings.append(
+            Warning(
+                "SQLite with a Redis channel layer: this looks like several server processes "
+                "sharing one SQLite file. It works, but every write takes the whole file's lock.",
+                hint="Use PostgreSQL (DATABASE_URL) when you run more than one process.",
+                id="durable_sessions.W002",
+            )
+        )
+    return warnings
+
+
+@register("durable_sessions")
+def check_asgi(app_configs: Any = None, **kwargs: Any) -> list:
+    """The project is served by ASGI and has a channel layer for the other processes."""
+    problems: list = []
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        problems.append(
+            Error(
+                "ASGI_APPLICATION is not set: live reads (long-poll, SSE, websockets) need an ASGI "
+                "server.",
+                hint='Set ASGI_APPLICATION = "project.asgi.application" and wrap the application '
+                "in durable_sessions.asgi.DurableSessionsRouter.",
+                id="durable_sessions.E007",
+            )
+        )
+    if not getattr(settings, "CHANNEL_LAYERS", None):
+        problems.append(
+            Warning(
+                "CHANNEL_LAYERS is not configured: live readers only see appends made by their own "
+                "process until they re-read the database.",
+                hint="Configure channels_redis (REDIS_URL) when you run several processes.",
+                id="durable_sessions.W001",
+            )
+        )
+    return problems

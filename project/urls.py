@@ -3,6 +3,9 @@
 from django.contrib import admin
 from django.urls import path
 
+from project import views
+
 urlpatterns = [
+    path("", views.index, name="index"),
     path("admin/", admin.site.urls),
 ]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import dj_database_url
 
+BASE_DIR = Path(__file__).resolve().parent.parent
+
 SECRET_KEY = "tests"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
@@ -41,7 +43,7 @@ MIDDLEWARE = [
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

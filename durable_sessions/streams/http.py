@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote
 
 from django.contrib.auth.models import AnonymousUser
 
-from durable_sessions.auth import authenticate
+from durable_sessions.auth import authenticate, same_origin_or_allowed
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
@@ -62,7 +62,7 @@ class ClientGone(Exception):
 class Request:
     """The parts of an ASGI HTTP scope the protocol uses."""
 
-    __slots__ = ("headers", "method", "path", "query", "receive", "scope", "send", "user")
+    __slots__ = ("auth", "headers", "method", "path", "query", "receive", "scope", "send", "user")
 
     def __init__(
         self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
@@ -81,6 +81,7 @@ class Request:
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
         self.user: Any = None
+        self.auth: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -237,7 +238,17 @@ async def check(request: Request, action: str, path: str | None = None) -> None:
     if isinstance(policy, AllowAny):
         return
     if request.user is None:
-        request.user = await authenticate(request.scope)
+        request.user, request.auth = await authenticate(request.scope)
+    if (
+        request.auth == "session"
+        and action != READ
+        and not same_origin_or_allowed(request.scope, ds_settings.CORS_ALLOWED_ORIGINS)
+    ):
+        raise PermissionDenied(
+            "cross-site write with session credentials refused (use a token, or list the "
+            "origin in CORS_ALLOWED_ORIGINS)",
+            code="csrf_origin",
+        )
     allowed = policy.has_permission(
         Access(request.user, action, path or request.path, request.scope)
     )

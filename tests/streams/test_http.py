@@ -321,6 +321,26 @@ def test_session_cookie_authenticates(private, private_server):
     path = name()
     response = private.put(path, headers={"cookie": f"sessionid={cookie}"})
     assert response.status_code == 201
+    forged = private.post(
+        path,
+        content="x",
+        headers={
+            "cookie": f"sessionid={cookie}",
+            "origin": "https://evil.example",
+            "content-type": "text/plain",
+        },
+    )
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "csrf_origin"
+    same_site = private.post(
+        path,
+        content="x",
+        headers={
+            "cookie": f"sessionid={cookie}",
+            "origin": private_server.url,
+            "content-type": "application/octet-stream",
+        },
+    )
+    assert same_site.status_code == 204
     inactive = User.objects.get(username="bob")
     inactive.is_active = False
     inactive.save()

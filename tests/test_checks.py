@@ -1,0 +1,70 @@
+"""System checks (durable_sessions/checks.py)."""
+
+from __future__ import annotations
+
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from durable_sessions.checks import database_problems
+
+
+def ids(**kwargs) -> set[str]:
+    return {
+        m.id
+        for m in run_checks(tags=["durable_sessions"], include_deployment_checks=False)
+        if m.id.startswith("durable_sessions")
+    }
+
+
+def test_the_test_settings_are_clean():
+    assert ids() == set()
+
+
+def test_settings_must_be_a_dict():
+    with override_settings(DURABLE_SESSIONS=["LONG_POLL_TIMEOUT"]):
+        assert "durable_sessions.E001" in ids()
+
+
+def test_unknown_keys_are_reported_with_a_suggestion():
+    with override_settings(DURABLE_SESSIONS={"LONG_POL_TIMEOUT": 3}):
+        [message] = [m for m in run_checks() if m.id == "durable_sessions.E002"]
+    assert "LONG_POLL_TIMEOUT" in message.hint
+
+
+def test_bad_values_are_reported():
+    for value in (0, -1, "10", True, None):
+        with override_settings(DURABLE_SESSIONS={"LONG_POLL_TIMEOUT": value}):
+            assert "durable_sessions.E003" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"MAX_READ_BYTES": 1.5}):
+        assert "durable_sessions.E003" in ids()
+    with override_settings(DURABLE_SESSIONS={"CORS_ALLOWED_ORIGINS": "*"}):
+        assert "durable_sessions.E003" in ids()
+
+
+def test_permission_policy_must_import_and_have_has_permission():
+    with override_settings(DURABLE_SESSIONS={"PERMISSION_POLICY": "no.such.Policy"}):
+        assert "durable_sessions.E004" in ids()
+    with override_settings(DURABLE_SESSIONS={"PERMISSION_POLICY": "builtins.dict"}):
+        assert "durable_sessions.E004" in ids()
+
+
+def test_database_alias_and_engine():
+    sqlite = {"default": {"ENGINE": "django.db.backends.sqlite3"}}
+    assert [m.id for m in database_problems(sqlite, "nope", "")] == ["durable_sessions.E005"]
+    mysql = {"default": {"ENGINE": "django.db.backends.mysql"}}
+    assert [m.id for m in database_problems(mysql, "default", "")] == ["durable_sessions.E006"]
+    postgres = {"default": {"ENGINE": "django.db.backends.postgresql"}}
+    assert database_problems(postgres, "default", "channels_redis.core.RedisChannelLayer") == []
+
+
+def test_sqlite_shared_by_processes_warns():
+    sqlite = {"default": {"ENGINE": "django.db.backends.sqlite3"}}
+    problems = database_problems(sqlite, "default", "channels_redis.core.RedisChannelLayer")
+    assert [m.id for m in problems] == ["durable_sessions.W002"]
+
+
+def test_asgi_application_and_channel_layer():
+    with override_settings(ASGI_APPLICATION=None):
+        assert "durable_sessions.E007" in ids()
+    with override_settings(CHANNEL_LAYERS={}):
+        assert "durable_sessions.W001" in ids()
