@@ -1,23 +1,19 @@
 """Side-by-side benchmarks: our server and the reference Durable Streams server, one command.
 
-Runs the same client workload (``benchmarks/load.mjs``) against four servers, one at a time:
-ours under uvicorn (the recommended configuration), ours under daphne, the reference server
-(@durable-streams/server) in memory and the reference server file-backed (fsync on append). Then
-runs the in-process Python API benchmark (``benchmarks/inprocess.py``) on the same database.
-Prints each figure with its ratio to the reference in the same run, checks the performance
-targets (PASS/FAIL) and writes the raw results to ``benchmarks/results/<UTC timestamp>.json``.
+The same client workload (``benchmarks/load.mjs``) runs against four servers, one at a time: ours
+under uvicorn (the recommended configuration) and under daphne, and the reference server
+(@durable-streams/server) in memory and file-backed. Then ``benchmarks/inprocess.py`` measures
+our in-process API on the same database. Prints every figure with its ratio to the reference of
+the same run, checks the targets (PASS/FAIL), writes ``benchmarks/results/<UTC time>.json``.
 
-Run from the repository root with the virtualenv active:
-
-    python benchmarks/run.py                 # the full run (about five minutes)
-    python benchmarks/run.py --quick         # shorter durations, a smoke test
+    python benchmarks/run.py            # from the repository root, virtualenv active (~5 min)
+    python benchmarks/run.py --quick    # shorter durations: a smoke test
     python benchmarks/run.py --only uvicorn,ref-file,appends-distinct
 
-``--only`` takes server names (uvicorn, daphne, ref-memory, ref-file) and benchmark names
-(appends-distinct, appends-same, appends-batch, long-poll, sse, catch-up, inprocess); each kind
-given restricts that kind. ``BENCH_DATABASE_URL`` overrides the Postgres database
-(default postgres://postgres@127.0.0.1:5432/ds_bench, created if missing). The exit status is
-non-zero only on errors (a server that does not start, a scenario that crashes), not on a FAIL.
+``--only`` takes server names and/or benchmark names (see below); each kind given restricts that
+kind. ``BENCH_DATABASE_URL`` overrides the database (default: ds_bench on the local Postgres,
+created if missing). Exits non-zero only on errors (a server that does not start, a client that
+crashes), never on a FAIL.
 """
 
 from __future__ import annotations
@@ -41,74 +37,52 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ds_bench"
 INPROCESS_TARGET = 20_000  # messages/s, target (c)
-SCENARIO_TIMEOUT = 240  # seconds one client run may take before it counts as an error
-
-# name -> (load.mjs scenario, full-run options, --quick overrides)
-SCENARIOS: dict[str, tuple[str, dict, dict]] = {
-    "appends-distinct": (
-        "appends",
-        {"producers": 16, "seconds": 10, "warmup": 1},
-        {"seconds": 2, "warmup": 0.5},
-    ),
-    "appends-same": (
-        "appends",
-        {"producers": 16, "seconds": 10, "warmup": 1, "sameStream": True},
-        {"seconds": 2, "warmup": 0.5},
-    ),
-    "appends-batch": (
-        "appends",
-        {"producers": 16, "seconds": 10, "warmup": 1, "batch": 50},
-        {"seconds": 2, "warmup": 0.5},
-    ),
-    "long-poll": ("long-poll", {"rounds": 200}, {"rounds": 50}),
-    "sse": ("sse-fanout", {"subscribers": 200, "rate": 50, "seconds": 10}, {"seconds": 3}),
-    "catch-up": ("catch-up", {"messages": 5000, "readers": 4, "seconds": 5}, {"seconds": 2}),
-}
-INPROCESS = {"writers": 50, "seconds": 5}
-INPROCESS_QUICK = {"writers": 50, "seconds": 2}
+TIMEOUT = 240  # seconds one client run may take before it counts as an error
 SERVERS = ["uvicorn", "daphne", "ref-memory", "ref-file"]
 OURS = ["uvicorn", "daphne"]
 
-# The table: (label, benchmark, result key, unit, references to compare with)
+# name -> (load.mjs scenario, or inprocess.py; options of the full run)
+SCENARIOS: dict[str, tuple[str, dict]] = {
+    "appends-distinct": ("appends", {"producers": 16, "seconds": 10, "warmup": 1}),
+    "appends-same": ("appends", {"producers": 16, "seconds": 10, "warmup": 1, "sameStream": True}),
+    "appends-batch": ("appends", {"producers": 16, "seconds": 10, "warmup": 1, "batch": 50}),
+    "long-poll": ("long-poll", {"rounds": 200}),
+    "sse": ("sse-fanout", {"subscribers": 200, "rate": 50, "seconds": 10}),
+    "catch-up": ("catch-up", {"messages": 5000, "readers": 4, "seconds": 5}),
+    "inprocess": ("inprocess.py", {"writers": 50, "seconds": 5}),
+}
+QUICK = {"seconds": 2, "warmup": 0.5, "rounds": 50}  # --quick overrides, where they apply
+
+
+# The table: (label, benchmark, figure, unit, the references it is compared with)
+FILE, BOTH = ("ref-file",), ("ref-memory", "ref-file")
 ROWS = [
-    (
-        "appends, 16 producers, distinct streams",
-        "appends-distinct",
-        "requests_per_s",
-        "req/s",
-        ["ref-file"],
-    ),
-    ("appends, 16 producers, one stream", "appends-same", "requests_per_s", "req/s", ["ref-file"]),
-    (
-        "appends, 16 producers, 50-message arrays",
-        "appends-batch",
-        "messages_per_s",
-        "msg/s",
-        ["ref-file"],
-    ),
-    ("append -> long-poll p50", "long-poll", "p50_ms", "ms", ["ref-memory", "ref-file"]),
-    ("append -> long-poll p99", "long-poll", "p99_ms", "ms", ["ref-memory", "ref-file"]),
-    ("SSE fan-out x200 p50", "sse", "p50_ms", "ms", ["ref-memory", "ref-file"]),
-    ("SSE fan-out x200 p99", "sse", "p99_ms", "ms", ["ref-memory", "ref-file"]),
-    ("SSE fan-out x200 delivered", "sse", "delivered_fraction", "frac", ["ref-memory", "ref-file"]),
-    (
-        "catch-up read, 5,000 messages",
-        "catch-up",
-        "messages_per_s",
-        "msg/s",
-        ["ref-memory", "ref-file"],
-    ),
+    ("appends x16, distinct streams", "appends-distinct", "requests_per_s", "req/s", FILE),
+    ("appends x16, one stream", "appends-same", "requests_per_s", "req/s", FILE),
+    ("appends x16, 50-message arrays", "appends-batch", "messages_per_s", "msg/s", FILE),
+    ("append -> long-poll p50", "long-poll", "p50_ms", "ms", BOTH),
+    ("append -> long-poll p99", "long-poll", "p99_ms", "ms", BOTH),
+    ("SSE fan-out x200 p50", "sse", "p50_ms", "ms", BOTH),
+    ("SSE fan-out x200 p99", "sse", "p99_ms", "ms", BOTH),
+    ("SSE fan-out x200 delivered", "sse", "delivered_fraction", "frac", BOTH),
+    ("catch-up, 5,000-message stream", "catch-up", "messages_per_s", "msg/s", BOTH),
 ]
 SHORT = {"ref-memory": "mem", "ref-file": "file"}
 
 
 class Interrupted(Exception):
-    """Raised by the SIGTERM handler so that the servers are stopped on the way out."""
+    """Raised by the SIGTERM handler so that the running server is stopped on the way out."""
 
 
 def log(text: str) -> None:
     """Progress on stderr (stdout carries the report)."""
     print(text, file=sys.stderr, flush=True)
+
+
+def options_for(name: str, quick: bool) -> dict:
+    """The options of benchmark ``name``, shortened by ``QUICK`` when ``quick``."""
+    options = SCENARIOS[name][1]
+    return options | {k: v for k, v in QUICK.items() if quick and k in options}
 
 
 def free_port() -> int:
@@ -131,89 +105,66 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
 
 
 def server_env(database_url: str) -> dict[str, str]:
-    """The environment of our server and of the in-process benchmark."""
+    """The environment of our server and of the in-process benchmark (no Redis, no DEBUG)."""
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DJANGO_DEBUG"}}
-    env.update(DATABASE_URL=database_url, DS_PUBLIC_STREAMS="1", PYTHONUNBUFFERED="1")
-    return env
+    return env | {"DATABASE_URL": database_url, "DS_PUBLIC_STREAMS": "1"}
 
 
 def server_command(name: str, port: int, data_dir: str) -> list[str]:
     """The command line that starts server ``name`` on ``port``."""
     bindir = Path(sys.executable).parent
+    app = "project.asgi:application"
     if name == "uvicorn":
-        return [
-            str(bindir / "uvicorn"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "project.asgi:application",
-        ]
+        quiet = ["--no-access-log", "--log-level", "warning"]
+        return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *quiet, app]
     if name == "daphne":  # -v 0: no access log, like uvicorn above
-        return [
-            str(bindir / "daphne"),
-            "-v",
-            "0",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "project.asgi:application",
-        ]
+        return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
     extra = [data_dir] if name == "ref-file" else []
     return ["node", str(BENCH / "reference-server.mjs"), str(port), *extra]
 
 
 @contextlib.contextmanager
 def running_server(name: str, database_url: str, logs: Path):
-    """Start server ``name``, yield its base URL once it listens, stop it (and its group)."""
+    """Start server ``name``, yield its base URL once it listens, stop it on the way out."""
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="ds-bench-ref-") as data_dir:
-        log_file = (logs / f"{name}.log").open("w")
+    with (
+        tempfile.TemporaryDirectory(prefix="ds-bench-ref-") as data_dir,
+        (logs / f"{name}.log").open("w") as log_file,
+    ):
         proc = subprocess.Popen(
             server_command(name, port, data_dir),
             cwd=ROOT,
             env=server_env(database_url),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: Ctrl-C is ours to handle
         )
         try:
             wait_for_port(port, proc)
             yield f"http://127.0.0.1:{port}"
         finally:
             stop_process_group(proc)
-            log_file.close()
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL whatever is left after 10 s."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the server's process group; SIGKILL what is left of it after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
 
 
-def run_client(scenario: str, base_url: str, options: dict) -> dict:
-    """Run one load.mjs scenario and return its JSON figures."""
+def run_json(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """Run a benchmark client and return the JSON object on the last line of its output."""
     done = subprocess.run(
-        ["node", str(BENCH / "load.mjs"), scenario, base_url, json.dumps(options)],
-        cwd=BENCH,
-        capture_output=True,
-        text=True,
-        timeout=SCENARIO_TIMEOUT,
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
     if done.returncode != 0:
-        raise RuntimeError(
-            f"load.mjs {scenario} exited {done.returncode}: {done.stderr.strip()[-600:]}"
-        )
+        name = Path(command[1]).name
+        raise RuntimeError(f"{name} exited {done.returncode}: {done.stderr.strip()[-600:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -228,66 +179,54 @@ def prepare(database_url: str) -> dict[str, str]:
             log(f"creating database {name}")
             conn.execute(f'CREATE DATABASE "{name}"')
     with psycopg.connect(database_url) as conn:
-        settings = {
-            key: conn.execute(f"SHOW {key}").fetchone()[0]
-            for key in ("server_version", "synchronous_commit", "fsync")
-        }
+        keys = ("server_version", "synchronous_commit", "fsync")
+        settings = {key: conn.execute(f"SHOW {key}").fetchone()[0] for key in keys}
     log("migrating")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=server_env(database_url),
-        check=True,
-    )
+    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
+    subprocess.run(migrate, cwd=ROOT, env=server_env(database_url), check=True)
     if not (BENCH / "node_modules").exists():
         log("npm ci in benchmarks/")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
     return settings
 
 
-def run_inprocess(database_url: str, options: dict) -> dict:
-    """Run benchmarks/inprocess.py on the benchmark database."""
-    args = [f"--{key}={value}" for key, value in options.items()]
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "inprocess.py"), *args],
-        cwd=ROOT,
-        env=server_env(database_url),
-        capture_output=True,
-        text=True,
-        timeout=SCENARIO_TIMEOUT,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"inprocess.py exited {done.returncode}: {done.stderr.strip()[-600:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def run_all(
-    servers: list[str], scenarios: list[str], quick: bool, database_url: str, logs: Path
-) -> tuple[dict, list[str]]:
-    """Run every selected scenario on every selected server; return results and errors."""
+def run_servers(args: argparse.Namespace, database_url: str, logs: Path) -> dict[str, dict]:
+    """Run every selected scenario on every selected server, one server at a time."""
     results: dict[str, dict] = {}
-    errors: list[str] = []
-    for server in servers:
+    for server in args.servers:
         results[server] = {}
         log(f"== {server}")
         try:
             with running_server(server, database_url, logs) as base_url:
-                for name in scenarios:
-                    scenario, options, overrides = SCENARIOS[name]
-                    options = {**options, **(overrides if quick else {})}
+                for name in args.scenarios:
+                    options = options_for(name, args.quick)
                     log(f"   {name} {json.dumps(options)}")
-                    try:
-                        results[server][name] = run_client(scenario, base_url, options)
-                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                        errors.append(f"{server} {name}: {exc}")
-                        results[server][name] = {"error": str(exc)}
-                        log(f"   ERROR {exc}")
-        except RuntimeError as exc:
+                    client = ["node", "load.mjs", SCENARIOS[name][0], base_url]
+                    results[server][name] = attempt([*client, json.dumps(options)], BENCH)
+        except RuntimeError as exc:  # the server did not start
             tail = (logs / f"{server}.log").read_text()[-1000:]
-            errors.append(f"{server}: {exc}")
+            results[server]["error"] = str(exc)
             log(f"   ERROR {exc}\n{tail}")
-        time.sleep(1)  # let the sockets and the database settle between servers
-    return results, errors
+        time.sleep(1)  # let sockets and the database settle between servers
+    return results
+
+
+def run_inprocess(args: argparse.Namespace, database_url: str) -> dict:
+    """Run benchmarks/inprocess.py on the benchmark database (no server is running)."""
+    options = options_for("inprocess", args.quick)
+    log(f"== in-process {json.dumps(options)}")
+    command = [sys.executable, "benchmarks/inprocess.py"]
+    command += [f"--{key}={value}" for key, value in options.items()]
+    return attempt(command, ROOT, server_env(database_url))
+
+
+def attempt(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """``run_json``, with a crash or a timeout turned into ``{"error": ...}``."""
+    try:
+        return run_json(command, cwd, env)
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        log(f"   ERROR {exc}")
+        return {"error": str(exc)}
 
 
 def figure(results: dict, server: str, bench: str, key: str) -> float | None:
@@ -300,153 +239,103 @@ def fmt(value: float | None, unit: str) -> str:
     """A figure for the table."""
     if value is None:
         return "-"
-    if unit == "ms":
-        return f"{value:.2f}"
-    if unit == "frac":
-        return f"{value:.4f}"
-    return f"{value:,.0f}"
+    return {"ms": f"{value:.2f}", "frac": f"{value:.4f}"}.get(unit, f"{value:,.0f}")
 
 
 def ratio(ours: float | None, ref: float | None) -> float | None:
-    """ours / reference, or None."""
+    """ours / reference, or None when either is missing."""
     return ours / ref if ours is not None and ref else None
 
 
-def print_table(results: dict, inprocess: dict | None) -> None:
-    """The figures of every server and each of ours over the reference(s)."""
-    head = (
-        f"{'benchmark':<42}{'unit':>6}{'uvicorn':>10}{'daphne':>10}{'ref-mem':>10}"
-        f"{'ref-file':>10}   {'uvicorn / ref':<24}{'daphne / ref':<24}"
-    )
-    print("\nRatios read ours / reference (>1 is better for throughput, <1 better for latency).")
+def times(value: float) -> str:
+    """A ratio for display: two decimals, or two significant digits when it is below 0.1."""
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
+def print_table(results: dict, inprocess: dict) -> None:
+    """The figures of every server, and each of ours over the reference(s) of its row."""
+    print("\nRatios read ours / reference: above 1 is better for a throughput, below 1 is better")
+    print("for a latency (mem = reference in memory, file = reference file-backed).\n")
+    columns = "".join(f"{name:>11}" for name in SERVERS)
+    head = f"{'benchmark':<32}{'unit':>6}{columns}   {'uvicorn / ref':<27}daphne / ref"
     print(head)
-    print("-" * len(head.rstrip()))
+    print("-" * len(head))
     for label, bench, key, unit, refs in ROWS:
         values = [figure(results, server, bench, key) for server in SERVERS]
         if all(v is None for v in values):
             continue
-        cells = "".join(f"{fmt(v, unit):>10}" for v in values)
         ratios = []
         for ours in OURS:
-            parts = [
-                f"{r:.2f}x {SHORT[ref]}"
-                for ref in refs
-                if (r := ratio(figure(results, ours, bench, key), figure(results, ref, bench, key)))
-                is not None
-            ]
-            ratios.append(", ".join(parts) or "-")
-        print(f"{label:<42}{unit:>6}{cells}   {ratios[0]:<24}{ratios[1]:<24}".rstrip())
-    if inprocess and "messages_per_s" in inprocess:
+            mine = figure(results, ours, bench, key)
+            pairs = [(ratio(mine, figure(results, ref, bench, key)), ref) for ref in refs]
+            ratios.append(", ".join(f"{times(r)} {SHORT[ref]}" for r, ref in pairs if r) or "-")
+        cells = "".join(f"{fmt(v, unit):>11}" for v in values)
+        print(f"{label:<32}{unit:>6}{cells}   {ratios[0]:<26} {ratios[1]}".rstrip())
+    if "messages_per_s" in inprocess:
         value = inprocess["messages_per_s"]
         print(
-            f"in-process API, {inprocess['writers']} writers: {value:,.0f} msg/s "
-            f"({value / INPROCESS_TARGET:.2f}x the {INPROCESS_TARGET:,} msg/s target; "
-            f"the reference has no in-process API)"
+            f"\nin-process API, {inprocess['writers']} writers: {value:,.0f} msg/s, "
+            f"{times(value / INPROCESS_TARGET)} the {INPROCESS_TARGET:,} msg/s target "
+            "(the reference server has no in-process API)"
         )
 
 
-def check_targets(results: dict, inprocess: dict | None) -> list[dict]:
-    """Evaluate targets (a)-(f); a target whose figures are missing is SKIP."""
+def check_targets(results: dict, inprocess: dict) -> list[dict]:
+    """Targets (a)-(f) as ours / reference against a threshold; SKIP when a figure is missing."""
 
     def get(server: str, bench: str, key: str) -> float | None:
         return figure(results, server, bench, key)
 
-    sse_ours = get("uvicorn", "sse", "p99_ms")
-    sse_ref = get("ref-file", "sse", "p99_ms")
+    appends_ref = get("ref-file", "appends-distinct", "requests_per_s")
     delivered = get("uvicorn", "sse", "delivered_fraction")
-    checks = [
-        (
-            "a",
-            "appends/s, 16 producers, distinct streams: uvicorn >= 1.5x file-backed reference",
-            get("uvicorn", "appends-distinct", "requests_per_s"),
-            get("ref-file", "appends-distinct", "requests_per_s"),
-            1.5,
-            True,
-        ),
-        (
-            "a'",
-            "(report) the same for daphne >= 1.5x file-backed reference",
-            get("daphne", "appends-distinct", "requests_per_s"),
-            get("ref-file", "appends-distinct", "requests_per_s"),
-            1.5,
-            True,
-        ),
-        (
-            "b",
-            "messages/s with 50-message arrays: uvicorn >= file-backed reference",
-            get("uvicorn", "appends-batch", "messages_per_s"),
-            get("ref-file", "appends-batch", "messages_per_s"),
-            1.0,
-            True,
-        ),
-        (
-            "c",
-            f"in-process API >= {INPROCESS_TARGET:,} messages/s",
-            (inprocess or {}).get("messages_per_s"),
-            INPROCESS_TARGET,
-            1.0,
-            True,
-        ),
-        (
-            "d",
-            "catch-up messages/s: uvicorn >= in-memory reference",
-            get("uvicorn", "catch-up", "messages_per_s"),
-            get("ref-memory", "catch-up", "messages_per_s"),
-            1.0,
-            True,
-        ),
-        (
-            "e",
-            "long-poll p50: uvicorn <= 3x in-memory reference p50",
-            get("uvicorn", "long-poll", "p50_ms"),
-            get("ref-memory", "long-poll", "p50_ms"),
-            3.0,
-            False,
-        ),
-        (
-            "f",
-            "SSE fan-out p99: uvicorn <= file-backed reference p99, all messages delivered",
-            sse_ours,
-            sse_ref,
-            1.0,
-            False,
-        ),
-    ]
+    checks = [  # (target, description, ours, reference, threshold, higher is better)
+        ("a", "appends/s x16 distinct streams, uvicorn >= 1.5x file-backed ref",
+         get("uvicorn", "appends-distinct", "requests_per_s"), appends_ref, 1.5, True),
+        ("a*", "(reported) the same with daphne >= 1.5x file-backed ref",
+         get("daphne", "appends-distinct", "requests_per_s"), appends_ref, 1.5, True),
+        ("b", "messages/s with 50-message arrays, uvicorn >= file-backed ref",
+         get("uvicorn", "appends-batch", "messages_per_s"),
+         get("ref-file", "appends-batch", "messages_per_s"), 1.0, True),
+        ("c", f"in-process API >= {INPROCESS_TARGET:,} messages/s",
+         inprocess.get("messages_per_s"), INPROCESS_TARGET, 1.0, True),
+        ("d", "catch-up messages/s, uvicorn >= in-memory ref",
+         get("uvicorn", "catch-up", "messages_per_s"),
+         get("ref-memory", "catch-up", "messages_per_s"), 1.0, True),
+        ("e", "long-poll p50, uvicorn <= 3x in-memory ref p50",
+         get("uvicorn", "long-poll", "p50_ms"), get("ref-memory", "long-poll", "p50_ms"),
+         3.0, False),
+        ("f", "SSE fan-out p99, uvicorn <= file-backed ref p99, all delivered",
+         get("uvicorn", "sse", "p99_ms"), get("ref-file", "sse", "p99_ms"), 1.0, False),
+    ]  # fmt: skip
     outcome = []
-    for key, text, ours, ref, factor, higher in checks:
-        if ours is None or not ref:
-            status, value = "SKIP", None
+    for target, text, ours, ref, threshold, higher in checks:
+        value = ratio(ours, ref)
+        if value is None:
+            status = "SKIP"
         else:
-            value = ours / ref
-            status = "PASS" if (value >= factor if higher else value <= factor) else "FAIL"
-            if key == "f" and delivered != 1:
-                status = "FAIL"
+            ok = value >= threshold if higher else value <= threshold
+            ok = ok and (target != "f" or delivered == 1)
+            status = "PASS" if ok else "FAIL"
         outcome.append(
-            {
-                "target": key,
-                "description": text,
-                "ours": ours,
-                "reference": ref,
-                "ratio": value,
-                "threshold": factor,
-                "status": status,
-            }
-        )
+            {"target": target, "description": text, "ours": ours, "reference": ref,
+             "ratio": value, "threshold": threshold, "status": status}
+        )  # fmt: skip
     return outcome
 
 
-def print_targets(outcome: list[dict]) -> None:
+def print_targets(outcome: list[dict], delivered: float | None) -> None:
     """The PASS/FAIL block."""
     print("\nTargets (ratio = ours / reference):")
     for check in outcome:
-        detail = "not measured" if check["ratio"] is None else f"{check['ratio']:.2f}x"
-        if check["target"] == "f" and check["ratio"] is not None:
-            detail += " (delivered fraction checked too)"
-        print(f"  ({check['target']}) {check['status']:<4}  {check['description']}: {detail}")
+        detail = "not measured" if check["ratio"] is None else f"ratio {times(check['ratio'])}"
+        if check["target"] == "f" and delivered is not None:
+            detail += f", delivered fraction {delivered:.4f}"
+        label = f"({check['target']})"
+        print(f"  {label:<5}{check['status']:<6}{check['description']}: {detail}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
+    """Command-line options; --only is split into servers, scenarios and the in-process run."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -455,24 +344,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         metavar="NAME[,NAME]",
         default="",
-        help="run a subset: server and/or benchmark names, comma-separated",
+        help=f"some of: {', '.join([*SERVERS, *SCENARIOS])}",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    known = {*SERVERS, *SCENARIOS, "inprocess"}
-    if unknown := [n for n in names if n not in known]:
-        parser.error(f"unknown name(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    benches = [n for n in names if n not in SERVERS]
+    if unknown := [n for n in names if n not in {*SERVERS, *SCENARIOS}]:
+        known = ", ".join([*SERVERS, *SCENARIOS])
+        parser.error(f"unknown name(s) {', '.join(unknown)}; known: {known}")
+    benches = [n for n in names if n in SCENARIOS] or list(SCENARIOS)
     args.servers = [s for s in SERVERS if s in names] or SERVERS
-    args.scenarios = [s for s in SCENARIOS if s in benches] or ([] if benches else list(SCENARIOS))
-    args.inprocess = "inprocess" in benches or not benches
+    args.scenarios = [s for s in benches if s != "inprocess"]
+    args.inprocess = "inprocess" in benches
     return args
 
 
-def database_label(url: str) -> str:
-    """host:port/name of the database, without credentials."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+def collect_errors(results: dict, inprocess: dict) -> list[str]:
+    """Every server that did not start and every measurement that crashed, one line each."""
+    errors = []
+    for server, by_bench in results.items():
+        for bench, result in by_bench.items():
+            if bench == "error":
+                errors.append(f"{server}: {result}")
+            elif "error" in result:
+                errors.append(f"{server} {bench}: {result['error']}")
+            elif result.get("failed"):
+                log(f"note: {server} {bench}: {result['failed']} appends failed")
+    return errors + ([f"inprocess: {inprocess['error']}"] if "error" in inprocess else [])
 
 
 def on_sigterm(signum, frame) -> None:
@@ -489,55 +386,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         postgres = prepare(database_url)
         with tempfile.TemporaryDirectory(prefix="ds-bench-logs-") as logs:
-            results, errors = run_all(
-                args.servers, args.scenarios, args.quick, database_url, Path(logs)
-            )
-            inprocess = None
-            if args.inprocess:
-                options = INPROCESS_QUICK if args.quick else INPROCESS
-                log(f"== in-process {json.dumps(options)}")
-                try:
-                    inprocess = run_inprocess(database_url, options)
-                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                    errors.append(f"inprocess: {exc}")
-                    inprocess = {"error": str(exc)}
+            results = run_servers(args, database_url, Path(logs))
+        inprocess = run_inprocess(args, database_url) if args.inprocess else {}
     except (KeyboardInterrupt, Interrupted):
         log("interrupted: servers stopped")
         return 130
     print_table(results, inprocess)
     targets = check_targets(results, inprocess)
-    print_targets(targets)
+    print_targets(targets, figure(results, "uvicorn", "sse", "delivered_fraction"))
+    errors = collect_errors(results, inprocess)
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "node": node}
+    machine |= {"python": platform.python_version(), "postgres": postgres}
+    report = {
+        "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
+        "quick": args.quick,
+        "database": urlsplit(database_url).path.lstrip("/"),
+        "machine": machine,
+        "options": {name: options_for(name, args.quick) for name in SCENARIOS},
+        "results": results,
+        "inprocess": inprocess,
+        "targets": targets,
+        "errors": errors,
+    }
     out = BENCH / "results" / f"{started:%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "finished": dt.datetime.now(dt.UTC).isoformat(),
-                "quick": args.quick,
-                "database": database_label(database_url),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "postgres": postgres,
-                    "node": subprocess.run(
-                        ["node", "--version"], capture_output=True, text=True
-                    ).stdout.strip(),
-                },
-                "options": {
-                    name: {**opts, **(quick if args.quick else {})}
-                    for name, (_, opts, quick) in SCENARIOS.items()
-                }
-                | {"inprocess": INPROCESS_QUICK if args.quick else INPROCESS},
-                "results": results,
-                "inprocess": inprocess,
-                "targets": targets,
-                "errors": errors,
-            },
-            indent=2,
-        )
-    )
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nraw results: {out.relative_to(ROOT)}")
     for error in errors:
         print(f"ERROR {error}")
