@@ -16,6 +16,7 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
+from django.http.request import split_domain_port, validate_host
 
 
 class _SessionHolder:
@@ -54,10 +55,10 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, str | None]:
     authorization = header(scope, b"authorization")
     if authorization:
         scheme, _, key = authorization.strip().partition(" ")
-        if scheme.lower() in {"token", "bearer"} and key.strip():
-            user = await _token_user(key.strip())
-            if user is not None:
-                return user, "token"
+        if scheme.lower() in {"token", "bearer"}:
+            # A request that shows a token is judged by it alone, never by a cookie beside it.
+            user = await _token_user(key.strip()) if key.strip() else None
+            return (user, "token") if user is not None else (AnonymousUser(), None)
     cookies = header(scope, b"cookie")
     if cookies:
         jar = SimpleCookie()
@@ -73,6 +74,18 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, str | None]:
             if user.is_authenticated:
                 return user, "session"
     return AnonymousUser(), None
+
+
+def host_allowed(scope: dict[str, Any]) -> bool:
+    """Whether the ``Host`` header names this site (``ALLOWED_HOSTS``, as Django checks it)."""
+    host = header(scope, b"host")
+    if not host:
+        return True  # HTTP/1.0 without Host: nothing is built from it
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, allowed)
 
 
 def same_origin_or_allowed(scope: dict[str, Any], allowed: list[str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from numbers import Real
 from typing import Any
 
@@ -24,6 +25,8 @@ POSITIVE_NUMBERS = {
     "LIVE_RECHECK_INTERVAL",
     "EXPIRY_SWEEP_INTERVAL",
 }
+PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
+CORP_VALUES = ("same-origin", "same-site", "cross-origin")
 INTEGERS = {
     "MAX_READ_BYTES",
     "MAX_APPEND_BYTES",
@@ -34,8 +37,58 @@ INTEGERS = {
 }
 
 
+def vendor_of(engine: str) -> str:
+    """The vendor of a database backend module (PostGIS is "postgresql"), or "" if unknown."""
+    try:
+        return import_string(f"{engine}.base.DatabaseWrapper").vendor
+    except Exception:  # not importable here (GeoDjango without GDAL): go by its name
+        for vendor, names in (
+            ("postgresql", ("postgresql", "postgis")),
+            ("sqlite", ("sqlite3", "spatialite")),
+        ):
+            if engine.rsplit(".", 1)[-1] in names:
+                return vendor
+        return ""
+
+
 def _user_settings() -> Any:
     return getattr(settings, "DURABLE_SESSIONS", {})
+
+
+def _bad_number(key: str, value: Any) -> str | None:
+    """What ``value`` should have been for ``key``, or None when it is fine."""
+    if key in INTEGERS:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            return "a positive integer"
+        if key == "MAX_PATH_LENGTH" and value > PATH_COLUMN_LENGTH:
+            return f"a positive integer up to {PATH_COLUMN_LENGTH}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return "a positive, finite number"
+    return None if math.isfinite(value) and value > 0 else "a positive, finite number"
+
+
+def _policy_problems(policy: Any) -> list:
+    if isinstance(policy, str):
+        try:
+            policy = import_string(policy)
+        except ImportError as exc:
+            return [
+                Error(
+                    f"PERMISSION_POLICY {policy!r} cannot be imported: {exc}.",
+                    hint="Give the dotted path of a class with has_permission().",
+                    id="durable_sessions.E004",
+                )
+            ]
+    if not callable(getattr(policy, "has_permission", None)):
+        return [
+            Error(
+                "PERMISSION_POLICY must be a class with a has_permission() method.",
+                hint="Subclass durable_sessions.streams.permissions.BasePermission.",
+                id="durable_sessions.E009",
+            )
+        ]
+    return []
 
 
 @register("durable_sessions")
@@ -60,50 +113,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
         )
     for key in sorted(POSITIVE_NUMBERS & set(user)):
-        value = user[key]
-        bad = isinstance(value, bool) or not isinstance(value, Real) or value <= 0
-        if not bad and key in INTEGERS and int(value) != value:
-            bad = True
-        if bad:
-            kind = "a positive integer" if key in INTEGERS else "a positive number"
+        expected = _bad_number(key, user[key])
+        if expected:
             errors.append(
                 Error(
-                    f"DURABLE_SESSIONS[{key!r}] must be {kind}, not {value!r}.",
+                    f"DURABLE_SESSIONS[{key!r}] must be {expected}, not {user[key]!r}.",
                     hint=f"The default is {DEFAULTS[key]!r}.",
                     id="durable_sessions.E003",
                 )
             )
     origins = user.get("CORS_ALLOWED_ORIGINS", [])
-    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
         errors.append(
             Error(
                 "DURABLE_SESSIONS['CORS_ALLOWED_ORIGINS'] must be a list of origins.",
                 hint='For example ["https://app.example.com"] or ["*"].',
-                id="durable_sessions.E003",
+                id="durable_sessions.E008",
             )
         )
-    policy = user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"])
-    if isinstance(policy, str):
-        try:
-            policy = import_string(policy)
-        except ImportError as exc:
-            errors.append(
-                Error(
-                    f"PERMISSION_POLICY {policy!r} cannot be imported: {exc}.",
-                    hint="Give the dotted path of a class with has_permission().",
-                    id="durable_sessions.E004",
-                )
-            )
-            policy = None
-    if policy is not None and not callable(getattr(policy, "has_permission", None)):
+    corp = user.get("CROSS_ORIGIN_RESOURCE_POLICY", DEFAULTS["CROSS_ORIGIN_RESOURCE_POLICY"])
+    if corp not in CORP_VALUES:
         errors.append(
             Error(
-                "PERMISSION_POLICY must be a class with a has_permission() method.",
-                hint="Subclass durable_sessions.streams.permissions.BasePermission.",
-                id="durable_sessions.E004",
+                f"DURABLE_SESSIONS['CROSS_ORIGIN_RESOURCE_POLICY'] is {corp!r}.",
+                hint=f"Use one of {', '.join(CORP_VALUES)}.",
+                id="durable_sessions.E010",
             )
         )
-    return errors
+    return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))
 
 
 @register("durable_sessions", "database")
@@ -126,7 +163,7 @@ def database_problems(databases: dict[str, Any], alias: str, layer: str) -> list
             )
         ]
     engine = databases[alias].get("ENGINE", "")
-    if not engine.endswith(("postgresql", "sqlite3")):
+    if vendor_of(engine) not in {"postgresql", "sqlite"}:
         return [
             Error(
                 f"The streams database uses {engine!r}; durable_sessions supports "
@@ -136,7 +173,7 @@ def database_problems(databases: dict[str, Any], alias: str, layer: str) -> list
             )
         ]
     warnings = []
-    if engine.endswith("sqlite3") and "redis" in layer.lower():
+    if vendor_of(engine) == "sqlite" and "redis" in layer.lower():
         warnings.append(
             Warning(
                 "SQLite with a Redis channel layer: this looks like several server processes "

@@ -5,9 +5,13 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 from channels.routing import ProtocolTypeRouter
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
+if settings.DEBUG:  # the demo serves the admin's CSS itself; in production a web server does
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from durable_sessions.asgi import DurableSessionsRouter  # noqa: E402
 

@@ -35,17 +35,27 @@ def test_bad_values_are_reported():
     for value in (0, -1, "10", True, None):
         with override_settings(DURABLE_SESSIONS={"LONG_POLL_TIMEOUT": value}):
             assert "durable_sessions.E003" in ids(), value
-    with override_settings(DURABLE_SESSIONS={"MAX_READ_BYTES": 1.5}):
-        assert "durable_sessions.E003" in ids()
-    with override_settings(DURABLE_SESSIONS={"CORS_ALLOWED_ORIGINS": "*"}):
-        assert "durable_sessions.E003" in ids()
+    for key, value in (
+        ("MAX_READ_BYTES", 1.5),
+        ("WRITER_THREADS", 2.0),
+        ("LONG_POLL_TIMEOUT", float("nan")),
+        ("LONG_POLL_TIMEOUT", float("inf")),
+        ("MAX_PATH_LENGTH", 4096),
+    ):
+        with override_settings(DURABLE_SESSIONS={key: value}):
+            assert "durable_sessions.E003" in ids(), (key, value)
+    for origins in ("*", None, 3, ["ok", 4]):
+        with override_settings(DURABLE_SESSIONS={"CORS_ALLOWED_ORIGINS": origins}):
+            assert "durable_sessions.E008" in ids(), origins
+    with override_settings(DURABLE_SESSIONS={"CROSS_ORIGIN_RESOURCE_POLICY": "anyone"}):
+        assert "durable_sessions.E010" in ids()
 
 
 def test_permission_policy_must_import_and_have_has_permission():
     with override_settings(DURABLE_SESSIONS={"PERMISSION_POLICY": "no.such.Policy"}):
         assert "durable_sessions.E004" in ids()
     with override_settings(DURABLE_SESSIONS={"PERMISSION_POLICY": "builtins.dict"}):
-        assert "durable_sessions.E004" in ids()
+        assert "durable_sessions.E009" in ids()
 
 
 def test_database_alias_and_engine():
@@ -55,6 +65,8 @@ def test_database_alias_and_engine():
     assert [m.id for m in database_problems(mysql, "default", "")] == ["durable_sessions.E006"]
     postgres = {"default": {"ENGINE": "django.db.backends.postgresql"}}
     assert database_problems(postgres, "default", "channels_redis.core.RedisChannelLayer") == []
+    postgis = {"default": {"ENGINE": "django.contrib.gis.db.backends.postgis"}}
+    assert database_problems(postgis, "default", "") == []
 
 
 def test_sqlite_shared_by_processes_warns():

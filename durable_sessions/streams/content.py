@@ -54,11 +54,19 @@ def _reject_constant(name: str) -> Any:
 
 
 def dump_message(value: Any) -> bytes:
-    """One message as compact UTF-8 JSON text."""
+    """One message as compact UTF-8 JSON text; ``BadRequest`` when it is not JSON.
+
+    Numbers JSON can write but Python reads as infinite (``1e400``) are refused rather than
+    stored as ``Infinity``, which no JSON parser would read back.
+    """
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # lone surrogates: keep them as \\u escapes
-        return json.dumps(value, separators=(",", ":")).encode()
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            return text.encode()
+        except UnicodeEncodeError:  # lone surrogates: keep them as \\u escapes
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"not representable as JSON: {exc}", code="invalid_json") from None
 
 
 def json_payload(messages: Iterable[Any]) -> Payload | None:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote
 
 from django.contrib.auth.models import AnonymousUser
 
-from durable_sessions.auth import authenticate, same_origin_or_allowed
+from durable_sessions.auth import authenticate, host_allowed, same_origin_or_allowed
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
@@ -137,6 +137,8 @@ class StreamsApp:
         request = Request(scope, receive, send, raw[len(self.prefix) :])
         extra = cors_headers(request)
         try:
+            if not host_allowed(scope):
+                raise BadRequest("the Host header names no allowed host", code="disallowed_host")
             if request.method == "OPTIONS":
                 await respond(send, 204, preflight_headers(request) + extra)
                 return
@@ -282,9 +284,24 @@ def stream_headers(info: StreamInfo) -> list[tuple[str, str]]:
     return headers
 
 
-def cache_control() -> str:
+def cache_control(result: ReadResult) -> str:
+    """Ranges below the tail, or ending a closed stream, never change: caches may keep them.
+
+    A response that reaches the tail of an open stream must be revalidated (its ETag makes that
+    cheap): the next append will extend what the same request returns.
+    """
+    if result.up_to_date and not result.closed:
+        return "no-cache"
     public = isinstance(permission_policy(), AllowAny)
     return f"{'public' if public else 'private'}, {CATCH_UP_CACHE}"
+
+
+def etag_matches(header: str | None, tag: str) -> bool:
+    """``If-None-Match`` semantics: a list of (weak or strong) tags, or ``*``."""
+    if not header:
+        return False
+    tags = [candidate.strip().removeprefix("W/") for candidate in header.split(",")]
+    return "*" in tags or tag in tags
 
 
 def read_headers(result: ReadResult) -> list[tuple[str, str]]:
@@ -339,7 +356,12 @@ def source_path(request: Request, value: str) -> str:
     value = value.strip()
     prefix = request.scope.get("root_path", "") + request.scope["ds_prefix"]
     if value.startswith(("http://", "https://")):
-        value = "/" + value.split("://", 1)[1].partition("/")[2]
+        host, _, rest = value.split("://", 1)[1].partition("/")
+        if host != request.header("host"):
+            raise BadRequest(
+                "Stream-Forked-From must name a stream on this server", code="invalid_fork"
+            )
+        value = "/" + rest
     if value.startswith("/"):
         if not value.startswith(prefix):
             raise BadRequest(
@@ -409,6 +431,9 @@ async def handle_get(request: Request, extra: list[tuple[str, str]]) -> None:
     if live is not None and offset is None:
         raise BadRequest("live reads need an offset", code="invalid_query")
     start = parse_read_offset(offset)
+    resume = request.header("last-event-id")
+    if live == "sse" and resume:
+        start = parse_read_offset(resume)  # an EventSource reconnecting: our control event ids
     await check(request, READ)
     if live == "long-poll":
         await long_poll(request, extra, start)
@@ -428,8 +453,8 @@ async def catch_up(request: Request, extra: list[tuple[str, str]], start: Any) -
         await respond(request.send, 200, headers, result.body)
         return
     tag = etag(result)
-    headers += [("etag", tag), ("cache-control", cache_control())]
-    if request.header("if-none-match") == tag:
+    headers += [("etag", tag), ("cache-control", cache_control(result))]
+    if etag_matches(request.header("if-none-match"), tag):
         await respond(request.send, 304, headers)
         return
     await respond(request.send, 200, headers, result.body)
@@ -448,7 +473,7 @@ async def long_poll(request: Request, extra: list[tuple[str, str]], start: Any) 
                 *read_headers(result),
                 ("stream-cursor", cursor),
                 ("etag", etag(result)),
-                ("cache-control", cache_control()),
+                ("cache-control", cache_control(result)),
             ]
             await respond(request.send, 200, headers, result.body)
             return

@@ -4,7 +4,8 @@ There is one hub per event loop. A live reader (long-poll, SSE, websocket, ``sub
 registers a ``Subscription`` for its stream *before* it reads the database, so a change committed
 after that read is never missed; changes it already read are skipped by sequence number. The
 writer publishes each commit's ``Notice``s once per loop, not once per reader, and the hub fans
-them out in memory.
+them out in memory. Changes committed by other processes arrive through the channel layer
+(``relay.py``): the hub follows each stream that has local readers there, once.
 
 A subscription's queue is bounded. A reader that falls behind is not allowed to hold memory or
 slow anyone down: its queue is dropped, it is marked ``overflowed`` and re-reads the database.
@@ -15,10 +16,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from durable_sessions.streams import relay
 from durable_sessions.streams.records import Notice
 
 # Notices a subscription keeps before it gives up on them and re-reads the database.
 SUBSCRIPTION_QUEUE_LIMIT = 256
+# Seconds a hub keeps following a stream on the channel layer after its last local reader left
+# (long-poll clients leave and come back with every request).
+UNFOLLOW_DELAY = 30.0
 
 
 class Subscription:
@@ -81,18 +86,49 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._subscriptions: dict[int, set[Subscription]] = {}
+        self._link: relay.HubLink | None = None
+        self._link_checked = False
+
+    def _linked(self) -> relay.HubLink | None:
+        if not self._link_checked:
+            self._link_checked = True
+            layer = relay.make_layer()
+            if layer is not None:
+                self._link = relay.HubLink(self, layer)
+        return self._link
 
     def subscribe(self, stream_id: int) -> Subscription:
         subscription = Subscription(self, stream_id)
-        self._subscriptions.setdefault(stream_id, set()).add(subscription)
+        subscriptions = self._subscriptions.setdefault(stream_id, set())
+        subscriptions.add(subscription)
+        link = self._linked()
+        if link is not None and len(subscriptions) == 1:
+            link.spawn(link.follow(stream_id))
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        subscriptions = self._subscriptions.get(subscription.stream_id)
+        stream_id = subscription.stream_id
+        subscriptions = self._subscriptions.get(stream_id)
         if subscriptions is not None:
             subscriptions.discard(subscription)
             if not subscriptions:
-                del self._subscriptions[subscription.stream_id]
+                del self._subscriptions[stream_id]
+                if self._link is not None and not self.loop.is_closed():
+                    link = self._link
+                    self.loop.call_later(
+                        UNFOLLOW_DELAY, lambda: link.spawn(link.unfollow(stream_id))
+                    )
+
+    def following(self, stream_id: int) -> bool:
+        """Whether this loop has live readers of ``stream_id``."""
+        return stream_id in self._subscriptions
+
+    def resync(self) -> None:
+        """Make every live reader re-read the database (notices may have been lost)."""
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                subscription.overflowed = True
+                subscription._event.set()
 
     def wants(self, notices: list[Notice]) -> bool:
         """Whether any notice concerns a stream with a reader here (safe from any thread)."""
@@ -124,9 +160,11 @@ def get_hub() -> Hub:
 
 
 class LocalPublisher:
-    """Publishes the writer's notices to the hubs of this process (see ``writer.Publisher``)."""
+    """Publishes the writer's notices to the hubs of this process and, through the relay, to
+    the other processes (see ``writer.Publisher``)."""
 
     def publish(self, notices: list[Notice], skip: set[asyncio.AbstractEventLoop]) -> None:
+        relay.get_relay().publish(notices)
         for loop, hub in list(_hubs.items()):
             if loop in skip or not hub.wants(notices):
                 continue

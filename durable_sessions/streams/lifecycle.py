@@ -124,12 +124,11 @@ def _same_config(
         return False
     if source is None:
         return row.source_id is None
-    requested = op.fork_offset or source.tail
-    return (
-        row.source_id == source.id
-        and row.fork_offset == str(requested)
-        and row.fork_sub_offset == op.fork_sub_offset
-    )
+    if row.source_id != source.id or row.fork_sub_offset != op.fork_sub_offset:
+        return False
+    # Without Stream-Fork-Offset the fork was made at whatever the source's tail was then: a
+    # retry after the source grew is the same request, not a different configuration.
+    return op.fork_offset is None or row.fork_offset == str(op.fork_offset)
 
 
 def _live_row(
@@ -255,8 +254,8 @@ def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, l
     return Created(info, created=True), notices
 
 
-def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> list[Notice]:
-    """Delete up to ``limit`` expired streams; returns the notices for live readers."""
+def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> tuple[int, list[Notice]]:
+    """Delete up to ``limit`` expired streams; returns how many, and notices for live readers."""
     cur.execute(
         db.sql(
             f"SELECT id FROM {STREAM} WHERE deleted = %s AND ("
@@ -266,8 +265,9 @@ def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> list[
         [False, now, now, limit],
     )
     notices: list[Notice] = []
-    for (stream_id,) in cur.fetchall():
+    ids = [stream_id for (stream_id,) in cur.fetchall()]
+    for stream_id in ids:
         row = reads.load_row_by_id(db, cur, stream_id, lock=True)
         if row is not None and not row.deleted and row.expired(now):
             notices.extend(remove(db, cur, row)[0])
-    return notices
+    return len(ids), notices

@@ -56,6 +56,8 @@ class Follower:
             return
         self.close()
         self._subscription = get_hub().subscribe(stream_id)
+        if len(_stream_ids) > 100_000:
+            _stream_ids.clear()
         _stream_ids[self.path] = stream_id
 
     async def _read(self) -> ReadResult:

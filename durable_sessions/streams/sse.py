@@ -39,7 +39,11 @@ def data_event(body: bytes, text: bool) -> bytes:
 
 
 def control_event(result: ReadResult, cursor: str) -> bytes:
-    """The ``event: control`` block after a batch."""
+    """The ``event: control`` block after a batch.
+
+    Its ``id:`` is the next offset, so a browser's ``EventSource`` that reconnects on its own
+    sends it back as ``Last-Event-ID`` and resumes where it stopped (``event_stream``).
+    """
     control: dict[str, Any] = {"streamNextOffset": str(result.next)}
     if result.closed:
         control["streamClosed"] = True
@@ -48,7 +52,8 @@ def control_event(result: ReadResult, cursor: str) -> bytes:
         control["streamCursor"] = cursor
         if result.up_to_date:
             control["upToDate"] = True
-    return b"event: control\ndata:" + json.dumps(control, separators=(",", ":")).encode() + b"\n\n"
+    data = json.dumps(control, separators=(",", ":")).encode()
+    return b"event: control\ndata:" + data + b"\nid:" + str(result.next).encode() + b"\n\n"
 
 
 async def _watch_disconnect(request: Request) -> None:
@@ -99,12 +104,12 @@ async def event_stream(request: Request, extra: list[tuple[str, str]], start: An
 async def _pump(request: Request, follower: Follower, first: ReadResult, text: bool) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ds_settings.SSE_RECONNECT_INTERVAL
-    cursor = next_cursor(request.param("cursor"))
+    client_cursor = request.param("cursor")
     result: ReadResult | None = first
     while True:
         if result is not None:
             chunk = data_event(result.body, text) if result.count else b""
-            chunk += control_event(result, cursor)
+            chunk += control_event(result, next_cursor(client_cursor))
             await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
             if result.closed:
                 return

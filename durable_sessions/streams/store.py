@@ -17,6 +17,7 @@ waits for new data: ``subscribe()`` waits on the hub.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import time
 import zlib
@@ -24,14 +25,18 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from django.db import connections
+
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import reads
 from durable_sessions.streams.commit import AppendOp, ProducerKey
 from durable_sessions.streams.content import Payload, json_payload
 from durable_sessions.streams.db import Database, ThreadConnections
+from durable_sessions.streams.errors import PayloadTooLarge
 from durable_sessions.streams.hub import LocalPublisher
 from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
 from durable_sessions.streams.offsets import NOW, Position, parse_read_offset
+from durable_sessions.streams.protocol import parse_stream_path
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
 from durable_sessions.streams.writer import Writer
 
@@ -91,9 +96,19 @@ class Store:
 
     async def write(self, op: Any) -> Any:
         """Queue ``op`` on its stream's writer and wait for the commit."""
+        check_op(op)
         return await self.writer_for(op.path).submit(op, asyncio.get_running_loop())
 
     def write_sync(self, op: Any) -> Any:
+        """Queue ``op`` and block until its commit (from synchronous code)."""
+        check_op(op)
+        if not self.database.is_postgres and connections[self.database.alias].in_atomic_block:
+            # Django holds SQLite's write lock for the whole atomic block: the writer would wait
+            # for it until the block ends, and the block waits for the writer.
+            raise RuntimeError(
+                "durable_sessions cannot write to a SQLite stream inside transaction.atomic(): "
+                "the log commits on its own connection, which would wait for your transaction"
+            )
         return self.writer_for(op.path).submit(op).result()
 
 
@@ -108,6 +123,7 @@ def get_store() -> Store:
         with _store_lock:
             if _store is None:
                 _store = Store()
+                atexit.register(reset_store)  # commit what is queued before the process exits
     return _store
 
 
@@ -121,6 +137,21 @@ def reset_store() -> None:
 
 
 # -- operations (built once, run sync or async) ---------------------------------------------
+
+
+def check_path(path: str) -> str:
+    """``path`` if it is a valid stream path (the same rules as over HTTP), else BadRequest."""
+    return parse_stream_path(path, ds_settings.MAX_PATH_LENGTH)
+
+
+def check_op(op: Any) -> None:
+    """Validate what every front end must: the paths and the size of the data."""
+    check_path(op.path)
+    if getattr(op, "fork_from", None) is not None:
+        check_path(op.fork_from)
+    size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
+    if size > ds_settings.MAX_APPEND_BYTES:
+        raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")
 
 
 def _position(offset: str | Position | None) -> Position | None:
@@ -273,7 +304,11 @@ def read(
 ) -> ReadResult:
     """Read ``path`` from ``offset``. See ``aread``."""
     return get_store().run_read_sync(
-        reads.read, path, _position(offset), max_bytes or ds_settings.MAX_READ_BYTES, time.time()
+        reads.read,
+        check_path(path),
+        _position(offset),
+        max_bytes or ds_settings.MAX_READ_BYTES,
+        time.time(),
     )
 
 
@@ -282,18 +317,22 @@ async def aread(
 ) -> ReadResult:
     """One catch-up read from ``offset`` (``-1``: start, ``now``: tail), about ``max_bytes``."""
     return await get_store().run_read(
-        reads.read, path, _position(offset), max_bytes or ds_settings.MAX_READ_BYTES, time.time()
+        reads.read,
+        check_path(path),
+        _position(offset),
+        max_bytes or ds_settings.MAX_READ_BYTES,
+        time.time(),
     )
 
 
 def info(path: str) -> StreamInfo:
     """The metadata of ``path``. See ``ainfo``."""
-    return get_store().run_read_sync(reads.info, path, time.time())
+    return get_store().run_read_sync(reads.info, check_path(path), time.time())
 
 
 async def ainfo(path: str) -> StreamInfo:
     """The metadata of ``path``: content type, tail, closed, TTL (does not renew the TTL)."""
-    return await get_store().run_read(reads.info, path, time.time())
+    return await get_store().run_read(reads.info, check_path(path), time.time())
 
 
 async def subscribe(path: str, offset: str | Position | None = "-1") -> AsyncIterator[ReadResult]:

@@ -136,13 +136,17 @@ class Writer:
                     [],
                 )
 
-    def _sweep(self) -> None:
+    def _sweep(self, limit: int = 100, rounds: int = 20) -> None:
+        """Delete expired streams, ``limit`` per transaction, until none is left (or enough)."""
         try:
-            _result, notices = self._transaction(
-                lambda cur, now: (None, lifecycle.sweep_expired(self.database, cur, now))
-            )
-            if notices:
-                self._deliver([], notices)
+            for _round in range(rounds):
+                removed, notices = self._transaction(
+                    lambda cur, now: lifecycle.sweep_expired(self.database, cur, now, limit)
+                )
+                if notices:
+                    self._deliver([], notices)
+                if removed < limit:
+                    return
         except Exception:
             logger.exception("expiry sweep failed")
 
@@ -197,6 +201,7 @@ class Writer:
         """Run ``fn(cursor, now)`` in a transaction, again when it may succeed on a retry."""
         for attempt in range(MAX_ATTEMPTS):
             conn = self._conns.get()
+            committing = False
             try:
                 # Postgres pipeline: BEGIN travels with the first query, and the writes travel
                 # with the COMMIT, so a group commit costs two round trips to the server.
@@ -204,6 +209,7 @@ class Writer:
                     cur = conn.cursor()
                     self.database.begin(conn)
                     result = fn(cur, time.time())
+                    committing = True
                     conn.execute("COMMIT")
                 return result
             except StreamError:
@@ -213,8 +219,10 @@ class Writer:
                 self._rollback(conn)
                 if connection_lost(exc):
                     self._conns.discard()
-                    if attempt == 0:
+                    if attempt == 0 and not committing:
                         continue
+                    # Lost while committing: the commit may or may not have happened, and
+                    # running the transaction again could write it twice. Say so instead.
                     raise Unavailable(f"streams database unavailable: {exc}") from exc
                 if retryable(exc) and attempt < MAX_ATTEMPTS - 1:
                     time.sleep(0.002 * (2**attempt))

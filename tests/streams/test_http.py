@@ -345,3 +345,79 @@ def test_session_cookie_authenticates(private, private_server):
     inactive.is_active = False
     inactive.save()
     assert private.get(path, headers={"cookie": f"sessionid={cookie}"}).status_code == 401
+
+
+def test_a_host_outside_allowed_hosts_is_refused(client):
+    response = client.put(name(), headers={"host": "evil.example"})
+    assert_error(response, 400, "disallowed_host")
+
+
+def test_fork_sources_must_be_on_this_server(client, public_server):
+    source = name()
+    client.put(source, headers={"content-type": "text/plain"}, content="s")
+    foreign = client.put(
+        name(), headers={"stream-forked-from": f"http://elsewhere.example/v1/stream/{source}"}
+    )
+    assert_error(foreign, 400, "invalid_fork")
+    local = client.put(
+        name(),
+        headers={"stream-forked-from": f"http://127.0.0.1:{public_server.port}/v1/stream/{source}"},
+    )
+    assert local.status_code == 201
+
+
+def test_tail_responses_must_be_revalidated_and_closed_or_inner_ranges_may_be_cached(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="a")
+    first = client.get(path)
+    assert first.headers["cache-control"] == "no-cache"
+    big = "b" * (700 * 1024)  # two of these exceed one read's budget (1 MiB)
+    client.post(path, headers={"content-type": "text/plain"}, content=big)
+    client.post(path, headers={"content-type": "text/plain"}, content=big)
+    inner = client.get(path)
+    assert "stream-up-to-date" not in inner.headers
+    assert inner.headers["cache-control"].startswith("public, max-age=60")
+    client.post(path, headers={"stream-closed": "true"})
+    closed = client.get(path)
+    assert closed.headers["cache-control"].startswith("public, max-age=60")
+
+
+def test_if_none_match_accepts_lists_weak_tags_and_star(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="x")
+    tag = client.get(path).headers["etag"]
+    for header in (f'"other", {tag}', f"W/{tag}", "*"):
+        assert client.get(path, headers={"if-none-match": header}).status_code == 304, header
+    assert client.get(path, headers={"if-none-match": '"nope"'}).status_code == 200
+
+
+def test_sse_control_events_carry_ids_and_last_event_id_resumes(client):
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"}, content="one")
+    with client.stream("GET", path, params={"offset": "-1", "live": "sse"}) as response:
+        text = ""
+        for chunk in response.iter_text():
+            text += chunk
+            if "id:" in text:
+                break
+    resume = text.split("id:", 1)[1].split("\n", 1)[0]
+    client.post(path, headers={"content-type": "text/plain"}, content="two", params={})
+    client.post(path, headers={"stream-closed": "true"})
+    later = client.get(
+        path, params={"offset": "-1", "live": "sse"}, headers={"last-event-id": resume}
+    )
+    assert "data:two" in later.text and "data:one" not in later.text
+    assert '"streamClosed":true' in later.text
+
+
+def test_a_bad_token_beside_a_good_session_cookie_is_anonymous(private):
+    User.objects.create_user("carol", password="pw")
+    from django.test import Client
+
+    django_client = Client()
+    django_client.login(username="carol", password="pw")
+    cookie = django_client.cookies["sessionid"].value
+    response = private.put(
+        name(), headers={"cookie": f"sessionid={cookie}", "authorization": "Token wrong"}
+    )
+    assert response.status_code == 401

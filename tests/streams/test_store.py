@@ -12,6 +12,7 @@ from durable_sessions.streams import hub
 from durable_sessions.streams.errors import (
     BadRequest,
     Conflict,
+    PayloadTooLarge,
     StaleProducerEpoch,
     StreamClosed,
     StreamGone,
@@ -78,6 +79,48 @@ def test_json_mode_rejects_invalid_json_empty_arrays_and_nan():
         with pytest.raises(BadRequest):
             streams.append("t/json2", body, content_type="application/json")
     assert streams.read("t/json2").body == b"[]"
+
+
+def test_numbers_json_cannot_write_back_are_refused():
+    streams.create("t/inf", content_type="application/json")
+    with pytest.raises(BadRequest):
+        streams.append("t/inf", b"[1e400]", content_type="application/json")
+    with pytest.raises(BadRequest):
+        streams.append_json("t/inf", [float("nan")])
+    assert streams.read("t/inf").messages() == []
+
+
+def test_the_python_api_validates_paths_and_sizes(settings):
+    for path in ("a//b", "__ds/x", "", "a/../b"):
+        with pytest.raises(BadRequest):
+            streams.create(path, content_type="text/plain")
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "MAX_APPEND_BYTES": 10}
+    streams.create("t/size", content_type="text/plain")
+    with pytest.raises(PayloadTooLarge):
+        streams.append("t/size", "x" * 11)
+    with pytest.raises(PayloadTooLarge):
+        streams.create("t/size2", content_type="text/plain", data="y" * 11)
+
+
+def test_sync_writes_inside_an_atomic_block_fail_fast_on_sqlite(postgres):
+    from django.db import transaction
+
+    streams.create("t/atomic", content_type="text/plain")
+    with transaction.atomic():
+        if postgres:  # not atomic with the caller, but it works
+            assert streams.append("t/atomic", "x").next.seq == 1
+        else:
+            with pytest.raises(RuntimeError, match="atomic"):
+                streams.append("t/atomic", "x")
+
+
+def test_a_fork_retried_without_an_offset_after_the_source_grew_is_the_same_fork():
+    streams.create("t/grow", content_type="text/plain", data="a")
+    assert streams.fork("t/grow-fork", "t/grow").created
+    streams.append("t/grow", "b")
+    again = streams.fork("t/grow-fork", "t/grow")
+    assert not again.created
+    assert streams.read("t/grow-fork").body == b"a"
 
 
 def test_append_without_content_type_parses_by_the_stream_type():

@@ -1,0 +1,292 @@
+"""The relay: committed changes travel between server processes over the channel layer.
+
+Every process that serves live readers keeps, per event loop, one channel on the layer and adds
+it to the group ``ds.stream.<id>`` of each stream that has live readers there: one subscription
+per stream and process, never one per client (``HubLink``). A process that writes sends each
+commit's notices for a stream to that stream's group: one message per process that follows it,
+with the entries' bytes when they are small.
+
+Sending to a group costs a Redis round trip even when nobody listens, so writers only send for
+streams that some other process has said it follows: every ``HubLink`` announces its streams on
+the group ``ds.hub`` (when it starts following one, and again every ``ANNOUNCE_INTERVAL``), and the
+process's ``Relay`` remembers them for ``INTEREST_TTL``. A relay that starts asks everyone to
+announce.
+
+The channel layer delivers at most once: a lost, late or dropped message costs latency, never
+data. Readers notice gaps by sequence number and re-read the database; when the layer fails (a
+Redis restart), every local reader re-reads the database and the link re-subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from channels.layers import InMemoryChannelLayer, channel_layers
+
+from durable_sessions.streams.offsets import Position
+from durable_sessions.streams.records import Notice, StoredEntry
+
+if TYPE_CHECKING:
+    from durable_sessions.streams.hub import Hub
+
+logger = logging.getLogger("durable_sessions.streams.relay")
+
+CONTROL_GROUP = "ds.hub"
+NOTICE = "ds.notice"
+INTEREST = "ds.interest"
+QUERY = "ds.query"
+ANNOUNCE_INTERVAL = 20.0
+INTEREST_TTL = 60.0
+PAYLOAD_LIMIT = 64 * 1024  # bytes of entries carried in one message; larger: readers re-read
+RETRY_DELAY = 0.5
+
+ORIGIN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def stream_group(stream_id: int) -> str:
+    return f"ds.stream.{stream_id}"
+
+
+def make_layer(alias: str = "default") -> Any | None:
+    """A private instance of the channel layer, or None when it cannot reach other processes."""
+    try:
+        layer = channel_layers.make_backend(alias)
+    except Exception:  # no CHANNEL_LAYERS, or misconfigured: this process stays on its own
+        return None
+    if isinstance(layer, InMemoryChannelLayer):
+        return None
+    return layer
+
+
+def encode(stream_id: int, notices: list[Notice]) -> dict[str, Any]:
+    """One layer message for the notices of one stream (oldest first)."""
+    entries: list[list[Any]] = []
+    size = 0
+    for notice in notices:
+        for entry in notice.entries:
+            size += len(entry.data)
+            entries.append([entry.seq, entry.end_bytes, entry.count, entry.data])
+    last = notices[-1]
+    return {
+        "type": NOTICE,
+        "o": ORIGIN,
+        "s": stream_id,
+        "n": [last.next.seq, last.next.bytes],
+        "c": any(n.closed for n in notices),
+        "d": any(n.deleted for n in notices),
+        # Too big to carry: send the position only; readers see the gap and read the database.
+        "e": entries if size <= PAYLOAD_LIMIT else [],
+    }
+
+
+def decode(message: dict[str, Any]) -> Notice:
+    entries = [StoredEntry(seq, end, count, bytes(data)) for seq, end, count, data in message["e"]]
+    return Notice(message["s"], Position(*message["n"]), message["c"], message["d"], entries)
+
+
+class Relay:
+    """The process's sending side: notices out to the processes that follow their streams."""
+
+    def __init__(self, alias: str = "default") -> None:
+        self.alias = alias
+        self.remote: dict[int, float] = {}  # stream id -> until when another process follows it
+        self._pending: list[Notice] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.enabled = make_layer(alias) is not None
+        if self.enabled:
+            threading.Thread(target=self._run, name="durable-sessions-relay", daemon=True).start()
+            self._ready.wait(10)
+
+    def publish(self, notices: list[Notice]) -> None:
+        """Queue ``notices`` for the processes that follow their streams (any thread)."""
+        if not self.enabled or self._loop is None:
+            return
+        now = time.monotonic()
+        wanted = [n for n in notices if self.remote.get(n.stream_id, 0.0) > now]
+        if not wanted:
+            return
+        with self._lock:
+            self._pending.extend(wanted)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+
+    # -- the relay thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._ready.set()
+        loop.run_until_complete(asyncio.gather(self._send_loop(), self._listen_loop()))
+
+    async def _send_loop(self) -> None:
+        layer = make_layer(self.alias)
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                pending, self._pending = self._pending, []
+            by_stream: dict[int, list[Notice]] = {}
+            for notice in pending:
+                by_stream.setdefault(notice.stream_id, []).append(notice)
+            sends = [
+                layer.group_send(stream_group(sid), encode(sid, notices))
+                for sid, notices in by_stream.items()
+            ]
+            for outcome in await asyncio.gather(*sends, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    logger.warning("could not relay a notice: %r", outcome)
+
+    async def _listen_loop(self) -> None:
+        layer = make_layer(self.alias)
+        while True:
+            try:
+                channel = await layer.new_channel()
+                await layer.group_add(CONTROL_GROUP, channel)
+                await layer.group_send(CONTROL_GROUP, {"type": QUERY, "o": ORIGIN})
+                next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
+                while True:
+                    timeout = max(0.1, next_refresh - time.monotonic())
+                    try:
+                        async with asyncio.timeout(timeout):
+                            message = await layer.receive(channel)
+                    except TimeoutError:
+                        await layer.group_add(CONTROL_GROUP, channel)
+                        next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
+                        continue
+                    if message.get("type") == INTEREST:
+                        until = time.monotonic() + INTEREST_TTL
+                        for stream_id in message["s"]:
+                            self.remote[stream_id] = until
+                        self._forget_expired()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("relay lost the channel layer (%r); retrying", exc)
+                await asyncio.sleep(RETRY_DELAY)
+
+    def _forget_expired(self) -> None:
+        if len(self.remote) > 10_000:
+            now = time.monotonic()
+            for stream_id in [sid for sid, until in self.remote.items() if until <= now]:
+                del self.remote[stream_id]
+
+
+_relay: Relay | None = None
+_relay_lock = threading.Lock()
+
+
+def get_relay() -> Relay:
+    """The process's relay (started on first use)."""
+    global _relay
+    if _relay is None:
+        with _relay_lock:
+            if _relay is None:
+                _relay = Relay()
+    return _relay
+
+
+class HubLink:
+    """A hub's receiving side: its channel, its stream groups, its announcements."""
+
+    def __init__(self, hub: Hub, layer: Any) -> None:
+        self.hub = hub
+        self.layer = layer
+        self.channel: str | None = None
+        self._joined: set[int] = set()
+        self._ready = asyncio.Event()
+        self._tasks: set[asyncio.Future] = set()
+        self.spawn(self._run())
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def follow(self, stream_id: int) -> None:
+        """Join ``stream_id``'s group and tell the writers (first local reader of the stream)."""
+        await self._ready.wait()
+        if stream_id in self._joined or not self.hub.following(stream_id):
+            return
+        self._joined.add(stream_id)
+        try:
+            await self.layer.group_add(stream_group(stream_id), self.channel)
+            await self.layer.group_send(
+                CONTROL_GROUP, {"type": INTEREST, "o": ORIGIN, "s": [stream_id]}
+            )
+        except Exception as exc:
+            logger.warning("could not follow stream %s on the channel layer: %r", stream_id, exc)
+
+    async def unfollow(self, stream_id: int) -> None:
+        """Leave ``stream_id``'s group (its last local reader left)."""
+        if stream_id not in self._joined or self.hub.following(stream_id):
+            return
+        self._joined.discard(stream_id)
+        with contextlib.suppress(Exception):
+            await self.layer.group_discard(stream_group(stream_id), self.channel)
+
+    async def _announce(self) -> None:
+        streams = sorted(self._joined)
+        for stream_id in streams:
+            await self.layer.group_add(stream_group(stream_id), self.channel)
+        await self.layer.group_add(CONTROL_GROUP, self.channel)
+        if streams:
+            await self.layer.group_send(
+                CONTROL_GROUP, {"type": INTEREST, "o": ORIGIN, "s": streams}
+            )
+
+    async def _run(self) -> None:
+        broken = False
+        while True:
+            try:
+                if self.channel is None:
+                    self.channel = await self.layer.new_channel()
+                await self._announce()
+                self._ready.set()
+                if broken:
+                    self.hub.resync()  # what was sent while we were away is lost: re-read
+                    broken = False
+                next_announce = time.monotonic() + ANNOUNCE_INTERVAL
+                while True:
+                    timeout = max(0.1, next_announce - time.monotonic())
+                    try:
+                        async with asyncio.timeout(timeout):
+                            message = await self.layer.receive(self.channel)
+                    except TimeoutError:
+                        await self._announce()
+                        next_announce = time.monotonic() + ANNOUNCE_INTERVAL
+                        continue
+                    kind = message.get("type")
+                    if kind == NOTICE and message.get("o") != ORIGIN:
+                        self.hub.deliver([decode(message)])
+                    elif kind == QUERY and message.get("o") != ORIGIN and self._joined:
+                        await self.layer.group_send(
+                            CONTROL_GROUP,
+                            {"type": INTEREST, "o": ORIGIN, "s": sorted(self._joined)},
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not broken:
+                    logger.warning("hub lost the channel layer (%r); readers re-read", exc)
+                    self.hub.resync()
+                broken = True
+                await asyncio.sleep(RETRY_DELAY)
