@@ -4,7 +4,8 @@
     django_asgi_app = get_asgi_application()
     application = DurableSessionsRouter(ProtocolTypeRouter({"http": django_asgi_app}))
 
-Requests under ``/v1/stream/`` go straight to ``StreamsApp``; everything else goes to the wrapped
+Requests under ``/v1/stream/`` go straight to ``StreamsApp``, websockets under
+``/ws/v1/stream/`` to the ``StreamSocket`` consumer; everything else goes to the wrapped
 application. The router also answers the ASGI lifespan protocol (uvicorn): at shutdown the log's
 writer finishes what it has queued before the process exits.
 """
@@ -17,6 +18,7 @@ from asgiref.sync import sync_to_async
 
 from durable_sessions.streams.http import ASGIReceive, ASGISend, StreamsApp
 from durable_sessions.streams.store import reset_store
+from durable_sessions.streams.ws import StreamSocket
 
 
 class DurableSessionsRouter:
@@ -25,7 +27,9 @@ class DurableSessionsRouter:
     def __init__(self, app: Any, *, stream_prefix: str = "/v1/stream/") -> None:
         self.app = app
         self.stream_prefix = stream_prefix
+        self.socket_prefix = "/ws" + stream_prefix
         self.streams = StreamsApp(stream_prefix)
+        self.sockets = StreamSocket.as_asgi()
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         kind = scope["type"]
@@ -33,6 +37,12 @@ class DurableSessionsRouter:
             path = scope["path"][len(scope.get("root_path", "")) :]
             if path.startswith(self.stream_prefix):
                 await self.streams(scope, receive, send)
+                return
+        elif kind == "websocket":
+            path = scope["path"][len(scope.get("root_path", "")) :]
+            if path.startswith(self.socket_prefix):
+                scope = {**scope, "ds_stream_path": path[len(self.socket_prefix) :]}
+                await self.sockets(scope, receive, send)
                 return
         elif kind == "lifespan":
             await self._lifespan(receive, send)

@@ -17,6 +17,8 @@ from django.utils.module_loading import import_string
 DEFAULTS: dict[str, Any] = {
     # Seconds a long-poll read waits for new data before answering 204.
     "LONG_POLL_TIMEOUT": 20.0,
+    # Seconds a websocket may stay unable to take a frame before it is closed (4008, resume).
+    "WEBSOCKET_SEND_TIMEOUT": 30.0,
     # Seconds an SSE response stays open before the server closes it (clients reconnect).
     "SSE_RECONNECT_INTERVAL": 60.0,
     # Upper bound of the body of one catch-up read (one entry larger than this is still served).

@@ -93,3 +93,13 @@ class Unavailable(StreamError):
 
     status = 503
     default_code = "unavailable"
+
+
+class CommitUnknown(Unavailable):
+    """The connection broke while committing: the write may or may not have happened (503).
+
+    Never retried automatically, since a retry could write twice; an idempotent producer's
+    retry is safe.
+    """
+
+    default_code = "commit_unknown"

@@ -15,24 +15,28 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from django.contrib.auth.models import AnonymousUser
-
-from durable_sessions.auth import authenticate, host_allowed, same_origin_or_allowed
+from durable_sessions.auth import host_allowed
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.content import Payload, is_json, parse_json_body
 from durable_sessions.streams.errors import (
     BadRequest,
-    NotAuthenticated,
     PayloadTooLarge,
-    PermissionDenied,
     StreamError,
 )
 from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, next_cursor, parse_read_offset
-from durable_sessions.streams.permissions import APPEND, CREATE, DELETE, READ, Access, AllowAny
+from durable_sessions.streams.permissions import (
+    APPEND,
+    CREATE,
+    DELETE,
+    READ,
+    AllowAny,
+    Caller,
+    permission_policy,
+)
 from durable_sessions.streams.records import ReadResult, StreamInfo
 from durable_sessions.streams.store import ainfo, aread, get_store
 
@@ -62,7 +66,7 @@ class ClientGone(Exception):
 class Request:
     """The parts of an ASGI HTTP scope the protocol uses."""
 
-    __slots__ = ("auth", "headers", "method", "path", "query", "receive", "scope", "send", "user")
+    __slots__ = ("caller", "headers", "method", "path", "query", "receive", "scope", "send")
 
     def __init__(
         self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
@@ -80,8 +84,7 @@ class Request:
         self.query = parse_qsl(
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
-        self.user: Any = None
-        self.auth: str | None = None
+        self.caller = Caller(scope)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -235,46 +238,8 @@ async def respond_error(
 
 
 async def check(request: Request, action: str, path: str | None = None) -> None:
-    """Ask the permission policy; 401 for anonymous clients, 403 for the others."""
-    policy = permission_policy()
-    if isinstance(policy, AllowAny):
-        return
-    if request.user is None:
-        request.user, request.auth = await authenticate(request.scope)
-    if (
-        request.auth == "session"
-        and action != READ
-        and not same_origin_or_allowed(request.scope, ds_settings.CORS_ALLOWED_ORIGINS)
-    ):
-        raise PermissionDenied(
-            "cross-site write with session credentials refused (use a token, or list the "
-            "origin in CORS_ALLOWED_ORIGINS)",
-            code="csrf_origin",
-        )
-    allowed = policy.has_permission(
-        Access(request.user, action, path or request.path, request.scope)
-    )
-    if not isinstance(allowed, bool):
-        allowed = await allowed
-    if allowed:
-        return
-    if isinstance(request.user, AnonymousUser) or not request.user.is_authenticated:
-        raise NotAuthenticated(
-            "authentication required", headers={"WWW-Authenticate": 'Token realm="streams"'}
-        )
-    raise PermissionDenied(f"not allowed to {action} {path or request.path!r}")
-
-
-_policy: tuple[type, Any] | None = None
-
-
-def permission_policy() -> Any:
-    """The configured policy instance (re-created when the setting changes)."""
-    global _policy
-    cls = ds_settings.PERMISSION_POLICY
-    if _policy is None or _policy[0] is not cls:
-        _policy = (cls, cls())
-    return _policy[1]
+    """Ask the permission policy about ``action`` on ``path`` (default: this request's)."""
+    await request.caller.authorize(action, path or request.path)
 
 
 def stream_headers(info: StreamInfo) -> list[tuple[str, str]]:
@@ -471,10 +436,11 @@ async def long_poll(request: Request, extra: list[tuple[str, str]], start: Any) 
             headers = [
                 *extra,
                 *read_headers(result),
-                ("stream-cursor", cursor),
                 ("etag", etag(result)),
                 ("cache-control", cache_control(result)),
             ]
+            if not result.closed:  # no cursor once the stream has ended: nothing to poll for
+                headers.append(("stream-cursor", cursor))
             await respond(request.send, 200, headers, result.body)
             return
         headers = [

@@ -15,6 +15,10 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from durable_sessions.auth import authenticate, same_origin_or_allowed
+from durable_sessions.conf import ds_settings
+from durable_sessions.streams.errors import NotAuthenticated, PermissionDenied
+
 READ = "read"
 CREATE = "create"
 APPEND = "append"
@@ -69,3 +73,59 @@ class ReadAuthenticatedWriteStaff(BasePermission):
         if not getattr(user, "is_authenticated", False):
             return False
         return access.action == READ or bool(getattr(user, "is_staff", False))
+
+
+_policy: tuple[type, Any] | None = None
+
+
+def permission_policy() -> BasePermission:
+    """The configured policy instance (made again when the setting changes)."""
+    global _policy
+    cls = ds_settings.PERMISSION_POLICY
+    if _policy is None or _policy[0] is not cls:
+        _policy = (cls, cls())
+    return _policy[1]
+
+
+class Caller:
+    """Who is calling, authenticated on first need, and what the policy lets them do.
+
+    A caller authenticated by a session cookie must also come from this site or from an origin
+    listed in ``CORS_ALLOWED_ORIGINS``: for every write, and (``cross_site_reads=False``, the
+    websocket case, where no CORS protects a read) for reads too.
+    """
+
+    def __init__(self, scope: dict[str, Any], *, cross_site_reads: bool = True) -> None:
+        self.scope = scope
+        self.cross_site_reads = cross_site_reads
+        self.user: Any = None
+        self.via: str | None = None
+
+    async def authorize(self, action: str, path: str) -> None:
+        """Return if allowed; raise ``NotAuthenticated`` (401) or ``PermissionDenied`` (403)."""
+        policy = permission_policy()
+        if isinstance(policy, AllowAny):
+            return
+        if self.user is None:
+            self.user, self.via = await authenticate(self.scope)
+        checks_origin = action != READ or not self.cross_site_reads
+        if (
+            self.via == "session"
+            and checks_origin
+            and not same_origin_or_allowed(self.scope, ds_settings.CORS_ALLOWED_ORIGINS)
+        ):
+            raise PermissionDenied(
+                "cross-site request with session credentials refused (use a token, or list the "
+                "origin in CORS_ALLOWED_ORIGINS)",
+                code="csrf_origin",
+            )
+        allowed = policy.has_permission(Access(self.user, action, path, self.scope))
+        if not isinstance(allowed, bool):
+            allowed = await allowed
+        if allowed:
+            return
+        if not getattr(self.user, "is_authenticated", False):
+            raise NotAuthenticated(
+                "authentication required", headers={"WWW-Authenticate": 'Token realm="streams"'}
+            )
+        raise PermissionDenied(f"not allowed to {action} {path!r}")

@@ -31,6 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers
 
+try:  # channels_redis with redis-py 8 raises this from a receive that waited 5 s for nothing
+    from redis.exceptions import TimeoutError as RedisTimeout
+except ImportError:  # pragma: no cover
+    RedisTimeout = TimeoutError  # type: ignore[assignment,misc]
+
 from durable_sessions.streams.offsets import Position
 from durable_sessions.streams.records import Notice, StoredEntry
 
@@ -51,6 +56,24 @@ RETRY_DELAY = 0.5
 ORIGIN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _cancelled() -> bool:
+    """Whether the current task is being cancelled (the redis client may have turned the
+    cancellation into an error of its own, which must not be mistaken for a network fault)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def receive(layer: Any, channel: str, timeout: float) -> dict[str, Any] | None:
+    """The next message on ``channel``, or None when none came within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await layer.receive(channel)
+    except (TimeoutError, RedisTimeout):
+        if _cancelled():
+            raise asyncio.CancelledError() from None
+        return None
+
+
 def stream_group(stream_id: int) -> str:
     return f"ds.stream.{stream_id}"
 
@@ -63,6 +86,10 @@ def make_layer(alias: str = "default") -> Any | None:
         return None
     if isinstance(layer, InMemoryChannelLayer):
         return None
+    if hasattr(layer, "brpop_timeout"):
+        # channels_redis blocks in Redis up to this long per receive. Short waits let a receive
+        # be cancelled promptly and stay below redis-py's own 5 s read timeout.
+        layer.brpop_timeout = 1
     return layer
 
 
@@ -152,22 +179,23 @@ class Relay:
 
     async def _listen_loop(self) -> None:
         layer = make_layer(self.alias)
+        channel = None
         while True:
             try:
-                channel = await layer.new_channel()
+                if channel is None:
+                    channel = await layer.new_channel()
                 await layer.group_add(CONTROL_GROUP, channel)
                 await layer.group_send(CONTROL_GROUP, {"type": QUERY, "o": ORIGIN})
                 next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
                 while True:
                     timeout = max(0.1, next_refresh - time.monotonic())
-                    try:
-                        async with asyncio.timeout(timeout):
-                            message = await layer.receive(channel)
-                    except TimeoutError:
-                        await layer.group_add(CONTROL_GROUP, channel)
-                        next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
+                    message = await receive(layer, channel, timeout)
+                    if message is None:
+                        if time.monotonic() >= next_refresh:
+                            await layer.group_add(CONTROL_GROUP, channel)
+                            next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
                         continue
-                    if message.get("type") == INTEREST:
+                    if message.get("type") == INTEREST and message.get("o") != ORIGIN:
                         until = time.monotonic() + INTEREST_TTL
                         for stream_id in message["s"]:
                             self.remote[stream_id] = until
@@ -175,6 +203,8 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _cancelled():
+                    raise asyncio.CancelledError() from exc
                 logger.warning("relay lost the channel layer (%r); retrying", exc)
                 await asyncio.sleep(RETRY_DELAY)
 
@@ -267,12 +297,11 @@ class HubLink:
                 next_announce = time.monotonic() + ANNOUNCE_INTERVAL
                 while True:
                     timeout = max(0.1, next_announce - time.monotonic())
-                    try:
-                        async with asyncio.timeout(timeout):
-                            message = await self.layer.receive(self.channel)
-                    except TimeoutError:
-                        await self._announce()
-                        next_announce = time.monotonic() + ANNOUNCE_INTERVAL
+                    message = await receive(self.layer, self.channel, timeout)
+                    if message is None:
+                        if time.monotonic() >= next_announce:
+                            await self._announce()
+                            next_announce = time.monotonic() + ANNOUNCE_INTERVAL
                         continue
                     kind = message.get("type")
                     if kind == NOTICE and message.get("o") != ORIGIN:
@@ -285,6 +314,8 @@ class HubLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _cancelled():
+                    raise asyncio.CancelledError() from exc
                 if not broken:
                     logger.warning("hub lost the channel layer (%r); readers re-read", exc)
                     self.hub.resync()

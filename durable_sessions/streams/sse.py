@@ -23,7 +23,7 @@ from durable_sessions.streams.content import is_text
 from durable_sessions.streams.errors import StreamError
 from durable_sessions.streams.http import Request
 from durable_sessions.streams.live import Follower
-from durable_sessions.streams.offsets import NOW, next_cursor
+from durable_sessions.streams.offsets import NOW, current_cursor, next_cursor
 from durable_sessions.streams.records import ReadResult
 
 HEARTBEAT_SECONDS = 15.0
@@ -104,12 +104,15 @@ async def event_stream(request: Request, extra: list[tuple[str, str]], start: An
 async def _pump(request: Request, follower: Follower, first: ReadResult, text: bool) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ds_settings.SSE_RECONNECT_INTERVAL
-    client_cursor = request.param("cursor")
+    # One jittered cursor for the response (when the client's is not behind), then the clock's
+    # whenever that passes it: the cursors of one response never go down.
+    cursor = int(next_cursor(request.param("cursor")))
     result: ReadResult | None = first
     while True:
         if result is not None:
+            cursor = max(cursor, current_cursor())
             chunk = data_event(result.body, text) if result.count else b""
-            chunk += control_event(result, next_cursor(client_cursor))
+            chunk += control_event(result, str(cursor))
             await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
             if result.closed:
                 return

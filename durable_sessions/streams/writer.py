@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from durable_sessions.streams import commit, lifecycle
 from durable_sessions.streams.db import Database, ThreadConnections, connection_lost, retryable
-from durable_sessions.streams.errors import StreamError, Unavailable
+from durable_sessions.streams.errors import CommitUnknown, StreamError, Unavailable
 from durable_sessions.streams.records import Notice
 
 logger = logging.getLogger("durable_sessions.streams.writer")
@@ -170,8 +170,10 @@ class Writer:
                 lambda cur, now: commit.apply_appends(self.database, cur, ops, now)
             )
         except Exception as exc:
-            if len(run) == 1:
-                self._deliver([(run[0][1], _as_stream_error(exc))], [])
+            if len(run) == 1 or isinstance(exc, CommitUnknown):
+                # (After an unknown commit, appending again one by one could write twice.)
+                error = _as_stream_error(exc)
+                self._deliver([(waiter, error) for _op, waiter in run], [])
                 return
             logger.warning("group commit of %d appends failed (%s); retrying singly", len(run), exc)
             for item in run:
@@ -221,8 +223,10 @@ class Writer:
                     self._conns.discard()
                     if attempt == 0 and not committing:
                         continue
-                    # Lost while committing: the commit may or may not have happened, and
-                    # running the transaction again could write it twice. Say so instead.
+                    if committing:
+                        # The commit may or may not have happened: running the transaction
+                        # again could write it twice. Say so instead.
+                        raise CommitUnknown(f"connection lost while committing: {exc}") from exc
                     raise Unavailable(f"streams database unavailable: {exc}") from exc
                 if retryable(exc) and attempt < MAX_ATTEMPTS - 1:
                     time.sleep(0.002 * (2**attempt))

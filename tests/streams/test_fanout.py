@@ -1,0 +1,280 @@
+"""Live fan-out end to end: real daphne processes, real websockets, a real Redis.
+
+Every test ends with every reader holding the whole stream: each message exactly once, in order.
+Each runs on the suite's database (SQLite in one pass, Postgres in the other); the multi-process
+ones get a Redis of their own so that they can restart it and flush it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.servers import ServerProcess, free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 60
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, which it may stop, start and flush."""
+
+    def __init__(self) -> None:
+        assert shutil.which("redis-server"), "redis-server is needed for the fan-out tests"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for line in self.process.stdout:  # wait for its own word that it is ready
+            if b"Ready to accept connections" in line:
+                # Keep draining its output so that it never blocks on a full pipe.
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                return
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def flush(self) -> None:
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True
+        )
+
+
+@pytest.fixture
+def redis_server():
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+def cluster(count: int, redis: PrivateRedis | None) -> list[ServerProcess]:
+    env = {"REDIS_URL": redis.url} if redis else {}
+    servers = [ServerProcess(public=True, env=env) for _ in range(count)]
+    if not redis:
+        for server in servers:
+            server.env.pop("REDIS_URL", None)
+    return [server.start() for server in servers]
+
+
+class Reader:
+    """A websocket reader that remembers its messages and its last offset, and can resume."""
+
+    def __init__(self, base: str, path: str) -> None:
+        self.base = base.replace("http://", "ws://")
+        self.path = path
+        self.offset = "-1"
+        self.messages: list[int] = []
+        self.done = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[dict]:
+        url = f"{self.base}/ws/v1/stream/{self.path}?offset={self.offset}"
+        async with websockets.connect(url, max_size=None) as socket:
+            async for text in socket:
+                yield json.loads(text)
+
+    async def read(self, stop_after: int | None = None) -> None:
+        """Read (from the current offset) until the end of the stream, or ``stop_after``."""
+        pending: list[int] = []
+        async for frame in self.frames():
+            if frame["event"] == "data":
+                pending = [message["i"] for message in frame["data"]]
+            elif frame["event"] == "control":
+                # Data counts once its control frame (with the offset after it) has arrived.
+                self.messages.extend(pending)
+                pending = []
+                self.offset = frame["data"]["streamNextOffset"]
+                if frame["data"].get("streamClosed"):
+                    self.done.set()
+                    return
+                if stop_after is not None and len(self.messages) >= stop_after:
+                    return
+
+
+async def write(base: str, path: str, count: int, progress: dict[int, asyncio.Event]) -> None:
+    async with httpx.AsyncClient(base_url=f"{base}/v1/stream/", timeout=30) as client:
+        for i in range(count):
+            response = await client.post(path, json={"i": i})
+            assert response.status_code == 204, response.text
+            if i in progress:
+                progress[i].set()
+        response = await client.post(path, headers={"stream-closed": "true"})
+        assert response.status_code == 204
+
+
+async def create(base: str, path: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.put(
+            f"{base}/v1/stream/{path}", headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 201
+
+
+def assert_complete(readers: list[Reader], count: int) -> None:
+    for reader in readers:
+        assert reader.messages == list(range(count)), (
+            f"reader got {len(reader.messages)} messages; first problem at "
+            f"{next(i for i, m in enumerate(reader.messages) if m != i) if reader.messages else 0}"
+        )
+
+
+@pytest.mark.parametrize("topology", ["one process, in-memory layer", "two processes, Redis"])
+async def test_fifty_readers_get_every_message_once_in_order(topology, request):
+    redis = None
+    if topology.startswith("two"):
+        redis = PrivateRedis()
+        redis.start()
+        request.addfinalizer(redis.stop)
+    servers = cluster(2 if redis else 1, redis)
+    try:
+        a, b = servers[0], servers[-1]
+        path = f"fanout-{uuid.uuid4().hex[:8]}"
+        count = 300
+        await create(a.url, path)
+        progress = {count // 3: asyncio.Event(), 2 * count // 3: asyncio.Event()}
+        early = [Reader((a, b)[n % 2].url, path) for n in range(30)]
+        late = [Reader((a, b)[n % 2].url, path) for n in range(10)]
+        resuming = [Reader((a, b)[n % 2].url, path) for n in range(10)]
+
+        async def join_late(reader: Reader) -> None:
+            await progress[count // 3].wait()
+            await reader.read()
+
+        async def read_with_a_break(reader: Reader, n: int) -> None:
+            await reader.read(stop_after=10 + n * 7)  # disconnect mid-stream...
+            await reader.read()  # ...and resume from the last offset
+
+        tasks = [asyncio.ensure_future(r.read()) for r in early]
+        tasks += [asyncio.ensure_future(join_late(r)) for r in late]
+        tasks += [asyncio.ensure_future(read_with_a_break(r, n)) for n, r in enumerate(resuming)]
+        await asyncio.wait_for(write(a.url, path, count, progress), TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        assert_complete(early + late + resuming, count)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_a_redis_restart_mid_stream_costs_no_message(redis_server):
+    a, b = cluster(2, redis_server)
+    try:
+        path = f"restart-{uuid.uuid4().hex[:8]}"
+        count = 200
+        await create(a.url, path)
+        readers = [Reader(b.url, path) for _ in range(10)] + [Reader(a.url, path)]
+        tasks = [asyncio.ensure_future(r.read()) for r in readers]
+        progress = {50: asyncio.Event(), 120: asyncio.Event()}
+        writing = asyncio.ensure_future(write(a.url, path, count, progress))
+        await progress[50].wait()
+        redis_server.stop()  # Redis goes away while the writer goes on...
+        await progress[120].wait()
+        redis_server.start()  # ...and comes back empty
+        await asyncio.wait_for(writing, TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        assert_complete(readers, count)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_dropped_notifications_cost_latency_not_data(redis_server):
+    a, b = cluster(2, redis_server)
+    try:
+        path = f"dropped-{uuid.uuid4().hex[:8]}"
+        count = 150
+        await create(a.url, path)
+        readers = [Reader(b.url, path) for _ in range(10)]
+        tasks = [asyncio.ensure_future(r.read()) for r in readers]
+        progress = {i: asyncio.Event() for i in range(0, count, 10)}
+        writing = asyncio.ensure_future(write(a.url, path, count, progress))
+        for i in sorted(progress):  # throw away queued notices and subscriptions, repeatedly
+            await progress[i].wait()
+            redis_server.flush()
+        await asyncio.wait_for(writing, TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        assert_complete(readers, count)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_reader_that_stops_reading_slows_nobody(redis_server):
+    a, b = cluster(2, redis_server)
+    try:
+        path = f"slow-{uuid.uuid4().hex[:8]}"
+        count = 400
+        await create(a.url, path)
+        # The slow reader's client library stops taking frames off the socket after 4 of them.
+        url = f"{b.url.replace('http://', 'ws://')}/ws/v1/stream/{path}?offset=-1"
+        slow = await websockets.connect(url, max_queue=4, max_size=None)
+        readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
+        tasks = [asyncio.ensure_future(r.read()) for r in readers]
+        padding = "x" * 4000
+
+        async def write_big() -> None:
+            async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
+                for i in range(count):
+                    response = await client.post(path, json={"i": i, "pad": padding})
+                    assert response.status_code == 204
+                await client.post(path, headers={"stream-closed": "true"})
+
+        await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
+        assert_complete(readers, count)
+        # The slow one reads at last: it gets everything, or a close telling it where to resume.
+        received: list[int] = []
+        pending: list[int] = []
+        offset = "-1"
+        socket = slow
+        while True:
+            try:
+                frame = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+            except websockets.ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 4008, closed
+                offset = closed.rcvd.reason
+                socket = await websockets.connect(url.replace("offset=-1", f"offset={offset}"))
+                continue
+            if frame["event"] == "data":
+                pending = [m["i"] for m in frame["data"]]
+            elif frame["event"] == "control":
+                received.extend(pending)
+                pending = []
+                if frame["data"].get("streamClosed"):
+                    break
+        await socket.close()
+        assert received == list(range(count))
+    finally:
+        a.stop()
+        b.stop()

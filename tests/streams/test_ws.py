@@ -1,0 +1,268 @@
+"""The websocket endpoint (durable_sessions/streams/ws.py), in process through Channels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+
+from durable_sessions import streams
+from durable_sessions.asgi import DurableSessionsRouter
+from durable_sessions.streams.permissions import IsAuthenticated
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PUBLIC = {"PERMISSION_POLICY": "durable_sessions.streams.permissions.AllowAny"}
+
+
+async def not_found(scope, receive, send):  # the wrapped application: nothing else is served
+    raise AssertionError(f"unexpected {scope['type']} {scope['path']}")
+
+
+APP = DurableSessionsRouter(not_found)
+
+
+def socket(path: str, offset: str = "-1", headers: list | None = None) -> WebsocketCommunicator:
+    return WebsocketCommunicator(
+        APP,
+        f"/ws/v1/stream/{path}?offset={offset}",
+        headers=[(b"host", b"localhost"), *(headers or [])],
+    )
+
+
+async def frames_until(ws: WebsocketCommunicator, predicate, timeout: float = 5) -> list[dict]:
+    seen = []
+    while True:
+        frame = json.loads(await ws.receive_from(timeout))
+        seen.append(frame)
+        if predicate(frame):
+            return seen
+
+
+@pytest.fixture
+def public(settings):
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, **PUBLIC}
+
+
+async def test_catch_up_then_live_frames(public):
+    await streams.acreate("ws/a", content_type="application/json", data="[1, 2]")
+    ws = socket("ws/a")
+    connected, _ = await ws.connect()
+    assert connected
+    assert json.loads(await ws.receive_from()) == {"event": "data", "data": [1, 2]}
+    control = json.loads(await ws.receive_from())
+    assert control["event"] == "control" and control["data"]["upToDate"] is True
+    await streams.aappend_json("ws/a", [3])
+    assert json.loads(await ws.receive_from()) == {"event": "data", "data": [3]}
+    assert json.loads(await ws.receive_from())["event"] == "control"
+    await streams.aclose("ws/a")
+    final = json.loads(await ws.receive_from())
+    assert final["data"] == {
+        "streamNextOffset": final["data"]["streamNextOffset"],
+        "upToDate": True,
+        "streamClosed": True,
+    }
+    assert (await ws.receive_output(5))["code"] == 1000
+
+
+async def test_many_appends_in_flight_are_acked_in_order(public):
+    await streams.acreate("ws/b", content_type="application/json")
+    ws = socket("ws/b", "now")
+    await ws.connect()
+    await ws.receive_from()  # the first control frame
+    for i in range(100):
+        await ws.send_to(text_data=json.dumps({"op": "append", "id": i, "data": {"i": i}}))
+    acks = [
+        f
+        for f in await frames_until(ws, lambda f: f.get("id") == 99 and f["event"] == "ack")
+        if f["event"] == "ack"
+    ]
+    assert [ack["id"] for ack in acks] == list(range(100))
+    offsets = [ack["streamNextOffset"] for ack in acks]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 100
+    assert [m["i"] for m in (await streams.aread("ws/b")).messages()] == list(range(100))
+    await ws.disconnect()
+
+
+async def test_text_and_binary_streams_and_producers(public):
+    await streams.acreate("ws/text", content_type="text/plain", data="hé")
+    ws = socket("ws/text")
+    await ws.connect()
+    assert json.loads(await ws.receive_from()) == {"event": "data", "data": "hé"}
+    await ws.receive_from()
+    frame = {"op": "append", "id": "p", "data": "!", "producer": {"id": "w", "epoch": 0, "seq": 0}}
+    await ws.send_to(text_data=json.dumps(frame))
+    await ws.send_to(text_data=json.dumps(frame))  # a retry: deduplicated
+    events = await frames_until(ws, lambda f: f.get("duplicate"))
+    acks = [f for f in events if f["event"] == "ack"]
+    assert acks[0]["producerSeq"] == 0 and acks[1]["duplicate"] is True
+    assert (await streams.aread("ws/text")).body == "hé!".encode()
+    await ws.disconnect()
+
+    await streams.acreate("ws/bin", content_type="application/octet-stream", data=b"\x00\xff")
+    ws = socket("ws/bin")
+    await ws.connect()
+    assert json.loads(await ws.receive_from()) == {
+        "event": "data",
+        "data": "AP8=",
+        "encoding": "base64",
+    }
+    await ws.receive_from()
+    await ws.send_to(
+        text_data=json.dumps({"op": "append", "id": 1, "data": "AQ==", "encoding": "base64"})
+    )
+    await frames_until(ws, lambda f: f["event"] == "ack")
+    assert (await streams.aread("ws/bin")).body == b"\x00\xff\x01"
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "status", "code"),
+    [
+        ("not json", 400, "invalid_frame"),
+        ("[1, 2]", 400, "invalid_frame"),
+        ('{"op": "fly", "id": 7}', 400, "unknown_op"),
+        ('{"op": "append", "id": 7}', 400, "empty_body"),
+        ('{"op": "append", "id": 7, "data": []}', 400, "empty_array"),
+        ('{"op": "append", "id": 7, "data": NaN}', 400, "invalid_json"),
+        ('{"op": "append", "id": 7, "data": 1, "seq": 5}', 400, "invalid_stream_seq"),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "p", "epoch": "0", "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "p", "epoch": -1, "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
+    ],
+)
+async def test_bad_frames_get_error_frames_and_write_nothing(public, frame, status, code):
+    await streams.acreate("ws/bad", content_type="application/json", data="[0]")
+    ws = socket("ws/bad")
+    await ws.connect()
+    await ws.receive_from()
+    await ws.receive_from()
+    await ws.send_to(text_data=frame)
+    error = json.loads(await ws.receive_from())
+    assert error["event"] == "error" and error["status"] == status and error["code"] == code
+    await ws.send_to(bytes_data=b"\x00")
+    assert json.loads(await ws.receive_from())["code"] == "invalid_frame"
+    await ws.send_to(text_data=json.dumps({"op": "ping", "id": 1}))  # still alive
+    assert json.loads(await ws.receive_from()) == {"event": "pong", "id": 1}
+    assert (await streams.aread("ws/bad")).messages() == [0]
+    await ws.disconnect()
+
+
+async def test_oversize_frames_and_wrong_types_on_a_text_stream(public, settings):
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "MAX_APPEND_BYTES": 1000}
+    await streams.acreate("ws/small", content_type="text/plain")
+    ws = socket("ws/small")
+    await ws.connect()
+    await ws.receive_from()
+    await ws.send_to(text_data=json.dumps({"op": "append", "id": 1, "data": "x" * 70_000}))
+    assert json.loads(await ws.receive_from())["status"] == 413
+    await ws.send_to(text_data=json.dumps({"op": "append", "id": 2, "data": "y" * 1001}))
+    assert json.loads(await ws.receive_from())["status"] == 413
+    await ws.send_to(text_data=json.dumps({"op": "append", "id": 3, "data": {"not": "text"}}))
+    assert json.loads(await ws.receive_from())["code"] == "invalid_frame"
+    await ws.send_to(
+        text_data=json.dumps({"op": "append", "id": 4, "data": "%%", "encoding": "base64"})
+    )
+    assert json.loads(await ws.receive_from())["code"] == "invalid_frame"
+    assert (await streams.aread("ws/small")).body == b""
+    await ws.disconnect()
+
+
+async def test_appending_to_a_closed_stream_is_an_error_frame(public):
+    await streams.acreate("ws/closed", content_type="application/json", data="[1]")
+    ws = socket("ws/closed", "now")
+    await ws.connect()
+    await ws.receive_from()
+    last = {"op": "append", "id": "last", "data": 2, "close": True}
+    late = {"op": "append", "id": "late", "data": 3}
+    await ws.send_to(text_data=json.dumps(last))
+    await ws.send_to(text_data=json.dumps(late))
+    frames = []
+    while True:  # the acks of appends in flight go out before the socket closes
+        output = await ws.receive_output(5)
+        if output["type"] == "websocket.close":
+            break
+        frames.append(json.loads(output["text"]))
+    assert output["code"] == 1000
+    assert frames[-1]["event"] != "control" or frames[-1]["data"].get("streamClosed")
+    by_id = {f["id"]: f for f in frames if f["event"] in ("ack", "error")}
+    assert by_id["last"]["event"] == "ack" and by_id["last"]["streamClosed"] is True
+    assert by_id["late"]["status"] == 409 and by_id["late"]["code"] == "stream_closed"
+    assert (await streams.aread("ws/closed")).messages() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("path", "code"), [("ws/none", 4404), ("a//b", 4400), ("ws/x?offset=zz", 4400)]
+)
+async def test_refused_connections_close_with_documented_codes(public, path, code):
+    ws = WebsocketCommunicator(APP, f"/ws/v1/stream/{path}", headers=[(b"host", b"localhost")])
+    await ws.connect()
+    if path == "ws/x?offset=zz":
+        await streams.acreate("ws/x", content_type="text/plain")
+    error = json.loads(await ws.receive_from())
+    assert error["event"] == "error"
+    assert (await ws.receive_output())["code"] == code
+
+
+async def test_policy_origin_and_token(settings):
+    settings.DURABLE_SESSIONS = {
+        **settings.DURABLE_SESSIONS,
+        "PERMISSION_POLICY": "durable_sessions.streams.permissions.IsStaff",
+    }
+    await streams.acreate("ws/private", content_type="text/plain", data="secret")
+    ws = socket("ws/private")
+    await ws.connect()
+    assert json.loads(await ws.receive_from())["status"] == 401
+    assert (await ws.receive_output())["code"] == 4401
+
+    user = await User.objects.acreate_user("ann", password="pw")
+    token = await Token.objects.acreate(user=user)
+    ws = socket("ws/private", headers=[(b"authorization", f"Token {token.key}".encode())])
+    await ws.connect()
+    assert json.loads(await ws.receive_from())["status"] == 403  # not staff
+    assert (await ws.receive_output())["code"] == 4403
+
+    settings.DURABLE_SESSIONS = {
+        **settings.DURABLE_SESSIONS,
+        "PERMISSION_POLICY": IsAuthenticated.__module__ + ".IsAuthenticated",
+    }
+    ws = socket(
+        "ws/private",
+        headers=[
+            (b"authorization", f"Token {token.key}".encode()),
+            (b"origin", b"https://anywhere.example"),
+        ],
+    )
+    await ws.connect()
+    assert json.loads(await ws.receive_from()) == {"event": "data", "data": "secret"}
+    await ws.disconnect()
+
+
+async def test_a_session_cookie_from_a_foreign_origin_cannot_even_read(settings, async_client):
+    await User.objects.acreate_user("eve", password="pw")
+    assert await async_client.alogin(username="eve", password="pw")
+    cookie = async_client.cookies["sessionid"].value.encode()
+    await streams.acreate("ws/cookie", content_type="text/plain", data="mine")
+    foreign = socket(
+        "ws/cookie",
+        headers=[(b"cookie", b"sessionid=" + cookie), (b"origin", b"https://evil.example")],
+    )
+    await foreign.connect()
+    assert json.loads(await foreign.receive_from())["code"] == "csrf_origin"
+    assert (await foreign.receive_output())["code"] == 4403
+    same = socket(
+        "ws/cookie", headers=[(b"cookie", b"sessionid=" + cookie), (b"origin", b"http://localhost")]
+    )
+    await same.connect()
+    assert json.loads(await same.receive_from()) == {"event": "data", "data": "mine"}
+    await same.disconnect()
