@@ -28,14 +28,7 @@ POSITIVE_NUMBERS = {
 }
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
 CORP_VALUES = ("same-origin", "same-site", "cross-origin")
-INTEGERS = {
-    "MAX_READ_BYTES",
-    "MAX_APPEND_BYTES",
-    "MAX_PATH_LENGTH",
-    "WRITER_MAX_BATCH",
-    "WRITER_THREADS",
-    "READER_THREADS",
-}
+INTEGERS = {key for key in POSITIVE_NUMBERS if isinstance(DEFAULTS[key], int)}
 
 
 def vendor_of(engine: str) -> str:

@@ -25,6 +25,7 @@ from durable_sessions.streams.http import Request
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, current_cursor, next_cursor
 from durable_sessions.streams.records import ReadResult
+from durable_sessions.streams.render import RenderCache, batch_key
 
 HEARTBEAT_SECONDS = 15.0
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -54,6 +55,15 @@ def control_event(result: ReadResult, cursor: str) -> bytes:
             control["upToDate"] = True
     data = json.dumps(control, separators=(",", ":")).encode()
     return b"event: control\ndata:" + data + b"\nid:" + str(result.next).encode() + b"\n\n"
+
+
+_chunks = RenderCache()
+
+
+def render_chunk(result: ReadResult, text: bool, cursor: str) -> bytes:
+    """A batch's data event (if it has data) and control event, as one write."""
+    chunk = data_event(result.body, text) if result.count else b""
+    return chunk + control_event(result, cursor)
 
 
 async def _watch_disconnect(request: Request) -> None:
@@ -111,8 +121,10 @@ async def _pump(request: Request, follower: Follower, first: ReadResult, text: b
     while True:
         if result is not None:
             cursor = max(cursor, current_cursor())
-            chunk = data_event(result.body, text) if result.count else b""
-            chunk += control_event(result, str(cursor))
+            chunk = _chunks.get(
+                (*batch_key(result), text, cursor),
+                lambda r=result, c=cursor: render_chunk(r, text, str(c)),
+            )
             await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
             if result.closed:
                 return

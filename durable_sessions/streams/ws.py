@@ -29,7 +29,6 @@ import binascii
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -45,6 +44,7 @@ from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, parse_read_offset
 from durable_sessions.streams.permissions import APPEND, READ, Caller
 from durable_sessions.streams.records import ReadResult
+from durable_sessions.streams.render import RenderCache, batch_key
 from durable_sessions.streams.store import check_op, get_store
 
 logger = logging.getLogger("durable_sessions.streams.ws")
@@ -61,7 +61,6 @@ CLOSE_CODES = {
 }
 CLOSED_GRACE = 1.0  # seconds a socket stays open after the end of its stream
 MAX_IN_FLIGHT = 256  # unacknowledged appends per connection before we stop reading frames
-_FRAME_CACHE_SIZE = 512
 
 
 def compact(value: Any) -> str:
@@ -75,15 +74,15 @@ def close_code(exc: StreamError) -> int:
     return by_status.get(exc.status, 1011)
 
 
-_frames: OrderedDict[tuple, tuple[str | None, str]] = OrderedDict()
+_frames = RenderCache()
 
 
 def frames(result: ReadResult) -> tuple[str | None, str]:
     """The data and control frames of a batch, rendered once for all readers at that position."""
-    key = (result.info.id, result.start, result.next, result.up_to_date, result.closed)
-    cached = _frames.get(key)
-    if cached is not None:
-        return cached
+    return _frames.get(batch_key(result), lambda: _render(result))
+
+
+def _render(result: ReadResult) -> tuple[str | None, str]:
     data = None
     if result.count:
         if is_json(result.info.content_type):
@@ -100,11 +99,7 @@ def frames(result: ReadResult) -> tuple[str | None, str]:
         control["upToDate"] = True
     if result.closed:
         control["streamClosed"] = True
-    rendered = (data, compact({"event": "control", "data": control}))
-    _frames[key] = rendered
-    if len(_frames) > _FRAME_CACHE_SIZE:
-        _frames.popitem(last=False)
-    return rendered
+    return data, compact({"event": "control", "data": control})
 
 
 class StreamSocket(AsyncWebsocketConsumer):

@@ -187,94 +187,104 @@ async def test_fifty_readers_get_every_message_once_in_order(topology, request):
             server.stop()
 
 
-async def test_a_redis_restart_mid_stream_costs_no_message(redis_server):
-    a, b = cluster(2, redis_server)
-    try:
-        path = f"restart-{uuid.uuid4().hex[:8]}"
-        count = 200
-        await create(a.url, path)
-        readers = [Reader(b.url, path) for _ in range(10)] + [Reader(a.url, path)]
-        tasks = [asyncio.ensure_future(r.read()) for r in readers]
-        progress = {50: asyncio.Event(), 120: asyncio.Event()}
-        writing = asyncio.ensure_future(write(a.url, path, count, progress))
+@pytest.fixture
+def two_processes(redis_server):
+    """Two daphne processes sharing the test database and a private Redis."""
+    servers = cluster(2, redis_server)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+async def follow_through(
+    writer: ServerProcess,
+    readers: list[Reader],
+    count: int,
+    progress: dict[int, asyncio.Event],
+    fault,
+) -> None:
+    """Write ``count`` messages while ``fault`` runs, then check every reader got them all."""
+    tasks = [asyncio.ensure_future(r.read()) for r in readers]
+    writing = asyncio.ensure_future(write(writer.url, readers[0].path, count, progress))
+    await fault()
+    await asyncio.wait_for(writing, TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert_complete(readers, count)
+
+
+async def test_a_redis_restart_mid_stream_costs_no_message(two_processes, redis_server):
+    a, b = two_processes
+    path = f"restart-{uuid.uuid4().hex[:8]}"
+    await create(a.url, path)
+    progress = {50: asyncio.Event(), 120: asyncio.Event()}
+
+    async def restart() -> None:
         await progress[50].wait()
         redis_server.stop()  # Redis goes away while the writer goes on...
         await progress[120].wait()
         redis_server.start()  # ...and comes back empty
-        await asyncio.wait_for(writing, TIMEOUT)
-        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
-        assert_complete(readers, count)
-    finally:
-        a.stop()
-        b.stop()
+
+    readers = [Reader(b.url, path) for _ in range(10)] + [Reader(a.url, path)]
+    await follow_through(a, readers, 200, progress, restart)
 
 
-async def test_dropped_notifications_cost_latency_not_data(redis_server):
-    a, b = cluster(2, redis_server)
-    try:
-        path = f"dropped-{uuid.uuid4().hex[:8]}"
-        count = 150
-        await create(a.url, path)
-        readers = [Reader(b.url, path) for _ in range(10)]
-        tasks = [asyncio.ensure_future(r.read()) for r in readers]
-        progress = {i: asyncio.Event() for i in range(0, count, 10)}
-        writing = asyncio.ensure_future(write(a.url, path, count, progress))
-        for i in sorted(progress):  # throw away queued notices and subscriptions, repeatedly
+async def test_dropped_notifications_cost_latency_not_data(two_processes, redis_server):
+    a, b = two_processes
+    path = f"dropped-{uuid.uuid4().hex[:8]}"
+    await create(a.url, path)
+    count = 150
+    progress = {i: asyncio.Event() for i in range(0, count, 10)}
+
+    async def flush_repeatedly() -> None:  # throw away queued notices and subscriptions
+        for i in sorted(progress):
             await progress[i].wait()
             redis_server.flush()
-        await asyncio.wait_for(writing, TIMEOUT)
-        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
-        assert_complete(readers, count)
-    finally:
-        a.stop()
-        b.stop()
+
+    readers = [Reader(b.url, path) for _ in range(10)]
+    await follow_through(a, readers, count, progress, flush_repeatedly)
 
 
-async def test_a_reader_that_stops_reading_slows_nobody(redis_server):
-    a, b = cluster(2, redis_server)
-    try:
-        path = f"slow-{uuid.uuid4().hex[:8]}"
-        count = 400
-        await create(a.url, path)
-        # The slow reader's client library stops taking frames off the socket after 4 of them.
-        url = f"{b.url.replace('http://', 'ws://')}/ws/v1/stream/{path}?offset=-1"
-        slow = await websockets.connect(url, max_queue=4, max_size=None)
-        readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
-        tasks = [asyncio.ensure_future(r.read()) for r in readers]
-        padding = "x" * 4000
+async def test_a_reader_that_stops_reading_slows_nobody(two_processes):
+    a, b = two_processes
+    path = f"slow-{uuid.uuid4().hex[:8]}"
+    count = 400
+    await create(a.url, path)
+    # The slow reader's client library stops taking frames off the socket after 4 of them.
+    url = f"{b.url.replace('http://', 'ws://')}/ws/v1/stream/{path}?offset=-1"
+    slow = await websockets.connect(url, max_queue=4, max_size=None)
+    readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
+    tasks = [asyncio.ensure_future(r.read()) for r in readers]
+    padding = "x" * 4000
 
-        async def write_big() -> None:
-            async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
-                for i in range(count):
-                    response = await client.post(path, json={"i": i, "pad": padding})
-                    assert response.status_code == 204
-                await client.post(path, headers={"stream-closed": "true"})
+    async def write_big() -> None:
+        async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
+            for i in range(count):
+                response = await client.post(path, json={"i": i, "pad": padding})
+                assert response.status_code == 204
+            await client.post(path, headers={"stream-closed": "true"})
 
-        await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
-        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
-        assert_complete(readers, count)
-        # The slow one reads at last: it gets everything, or a close telling it where to resume.
-        received: list[int] = []
-        pending: list[int] = []
-        offset = "-1"
-        socket = slow
-        while True:
-            try:
-                frame = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
-            except websockets.ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 4008, closed
-                offset = closed.rcvd.reason
-                socket = await websockets.connect(url.replace("offset=-1", f"offset={offset}"))
-                continue
-            if frame["event"] == "data":
-                pending = [m["i"] for m in frame["data"]]
-            elif frame["event"] == "control":
-                received.extend(pending)
-                pending = []
-                if frame["data"].get("streamClosed"):
-                    break
-        await socket.close()
-        assert received == list(range(count))
-    finally:
-        a.stop()
-        b.stop()
+    await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
+    assert_complete(readers, count)
+    # The slow one reads at last: it gets everything, or a close telling it where to resume.
+    received: list[int] = []
+    pending: list[int] = []
+    offset = "-1"
+    socket = slow
+    while True:
+        try:
+            frame = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 4008, closed
+            offset = closed.rcvd.reason
+            socket = await websockets.connect(url.replace("offset=-1", f"offset={offset}"))
+            continue
+        if frame["event"] == "data":
+            pending = [m["i"] for m in frame["data"]]
+        elif frame["event"] == "control":
+            received.extend(pending)
+            pending = []
+            if frame["data"].get("streamClosed"):
+                break
+    await socket.close()
+    assert received == list(range(count))
