@@ -1,8 +1,11 @@
 // Load generator for the side-by-side benchmarks: the same client workload against any
 // Durable Streams server. Usage: node load.mjs <scenario> <baseUrl> [json options]
-// Prints one JSON object with the scenario's figures on stdout.
+// Prints one JSON object with the scenario's figures on stdout (ws-idle first prints phase
+// lines and waits for lines on stdin: see there). The ws-* scenarios are for our server only.
 import http from "node:http";
 import { performance } from "node:perf_hooks";
+import readline from "node:readline";
+import WebSocket from "ws";
 
 const [, , scenario, baseUrl, rawOptions] = process.argv;
 const options = rawOptions ? JSON.parse(rawOptions) : {};
@@ -222,7 +225,264 @@ async function catchUp({ messages = 5000, readers = 4, seconds = 5 }) {
   return { messages_per_s: count / elapsed, requests: reads };
 }
 
-const scenarios = { appends, "long-poll": longPollLatency, "sse-fanout": sseFanout, "catch-up": catchUp };
+// -- websockets (ws://host/ws/v1/stream/<path>?offset=...) -------------------------------------
+
+// Frames are told apart by their first bytes, without parsing them: the server writes them
+// compactly, `{"event":"control",...}`, `{"event":"data","data":[...]}`, `{"event":"ack",...}`.
+const CONTROL = Buffer.from('{"event":"control"');
+const DATA = Buffer.from('{"event":"data","data":');
+const ACK = Buffer.from('{"event":"ack"');
+const ERROR = Buffer.from('{"event":"error"');
+
+function startsWith(frame, prefix) {
+  return frame.length >= prefix.length && frame.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// One websocket following `path` from `offset`; resolves with the socket once its first control
+// frame arrives. `onFrame(buffer)` sees every text frame (the control frames too), `onClose(code)`
+// a close after that. No permessage-deflate unless `deflate` (the ws package offers it by default).
+function subscribe(path, { offset = "now", onFrame, onClose, deflate = false, timeout = 30 } = {}) {
+  const url = `ws://${base.host}/ws/v1/stream/${path}?offset=${offset}`;
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(url, { perMessageDeflate: deflate });
+    let ready = false;
+    const fail = (error) => {
+      if (ready) return;
+      ready = true; // settled
+      clearTimeout(timer);
+      socket.terminate();
+      reject(error);
+    };
+    const timer = setTimeout(() => fail(new Error(`no control frame within ${timeout} s`)), timeout * 1000);
+    socket.on("message", (frame) => {
+      if (!ready && startsWith(frame, CONTROL)) {
+        ready = true;
+        clearTimeout(timer);
+        resolve(socket);
+      } else if (!ready && startsWith(frame, ERROR)) {
+        fail(new Error(`websocket refused: ${frame}`));
+        return;
+      }
+      if (onFrame) onFrame(frame);
+    });
+    socket.on("error", fail);
+    socket.on("close", (code, reason) => {
+      if (!ready) fail(new Error(`websocket closed ${code} ${reason}`));
+      else if (onClose) onClose(code);
+    });
+  });
+}
+
+// `count` calls of `open(i)`, at most `concurrency` at a time; their results in order.
+async function pool(count, concurrency, open) {
+  const out = new Array(count);
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(count, concurrency) }, async () => {
+    while (next < count) {
+      const i = next++;
+      out[i] = await open(i);
+    }
+  }));
+  return out;
+}
+
+// Close every socket (code 1000) and wait for the closes, at most `seconds`; then cut the rest.
+async function closeAll(sockets, seconds = 5) {
+  const closed = sockets.map((s) => (s.readyState === WebSocket.CLOSED ? null : new Promise((r) => s.once("close", r))));
+  for (const s of sockets) s.close(1000);
+  await Promise.race([Promise.all(closed), sleep(seconds * 1000)]);
+  for (const s of sockets) s.terminate();
+}
+
+// This process's CPU time (user + system) over a wall-clock span, in cores (1 = one core busy).
+function cpuMeter() {
+  const cpu = process.cpuUsage();
+  const wall = performance.now();
+  return () => {
+    const used = process.cpuUsage(cpu);
+    return (used.user + used.system) / 1000 / (performance.now() - wall);
+  };
+}
+
+// Websocket fan-out: `subscribers` websockets on one stream from offset=now (opened
+// `concurrency` at a time, each waiting for its first control frame), then one writer POSTs
+// `{"id": i}` at `rate` appends/s for `seconds` without waiting for answers. Latency: from
+// sending the POST to a subscriber receiving the message. Every subscriber must get every
+// message exactly once: delivered_fraction counts first deliveries, duplicates the others.
+async function wsFanout({ subscribers = 1000, rate = 50, seconds = 10, concurrency = 50, drain = 5, deflate = false }) {
+  const path = `bench-wsf-${runId}`;
+  await create(path);
+  const total = Math.round(rate * seconds);
+  const sentAt = new Float64Array(total);
+  const latencies = new Float64Array(total * subscribers);
+  let delivered = 0;
+  let duplicates = 0;
+  let unknown = 0;
+  let errors = 0;
+  let complete = 0;
+  const closes = {}; // close codes of sockets the server closed before the end
+  let closing = false;
+  let everyoneDone;
+  const allComplete = new Promise((r) => { everyoneDone = r; });
+  const opening = performance.now();
+  const sockets = await pool(subscribers, concurrency, () => {
+    const seen = new Uint8Array(total);
+    let got = 0;
+    const onFrame = (frame) => {
+      if (!startsWith(frame, DATA)) {
+        if (startsWith(frame, ERROR)) errors++;
+        return;
+      }
+      const now = performance.now();
+      for (const msg of JSON.parse(frame).data) {
+        const id = msg.id;
+        if (!(id >= 0 && id < total)) unknown++;
+        else if (seen[id]) duplicates++;
+        else {
+          seen[id] = 1;
+          latencies[delivered++] = now - sentAt[id];
+          if (++got === total && ++complete === subscribers) everyoneDone();
+        }
+      }
+    };
+    const onClose = (code) => { if (!closing) closes[code] = (closes[code] || 0) + 1; };
+    return subscribe(path, { onFrame, onClose, deflate });
+  });
+  const connectSeconds = (performance.now() - opening) / 1000;
+  const cpu = cpuMeter();
+  const interval = 1000 / rate;
+  const start = performance.now();
+  const writes = [];
+  let failed = 0;
+  for (let i = 0; i < total; i++) {
+    const due = start + i * interval;
+    const wait = due - performance.now();
+    if (wait > 0) await sleep(wait);
+    sentAt[i] = performance.now();
+    const body = JSON.stringify({ id: i });
+    writes.push(request("POST", path, { headers: { "content-type": "application/json" }, body })
+      .then((res) => { if (res.status !== 204 && res.status !== 200) failed++; }, () => { failed++; }));
+  }
+  await Promise.all(writes);
+  await Promise.race([allComplete, sleep(drain * 1000)]);
+  const clientCores = cpu();
+  closing = true;
+  await closeAll(sockets);
+  const sorted = latencies.subarray(0, delivered).sort();
+  return {
+    p50_ms: percentile(sorted, 50),
+    p99_ms: percentile(sorted, 99),
+    max_ms: delivered ? sorted[delivered - 1] : null,
+    delivered_fraction: delivered / (total * subscribers),
+    duplicates,
+    unknown,
+    error_frames: errors,
+    closed_early: closes,
+    failed,
+    subscribers,
+    messages: total,
+    connect_s: connectSeconds,
+    client_cpu_cores: clientCores,
+  };
+}
+
+// Websocket appends: `connections` websockets, each on its own stream, each keeping `inFlight`
+// append frames unacknowledged (a new one goes out when an ack or error arrives). The sockets
+// also receive their own appends as data frames (every socket follows its stream); those are
+// skipped by their prefix. After `warmup` s, acks are counted for `seconds`.
+async function wsAppends({ connections = 16, inFlight = 32, seconds = 10, warmup = 1, deflate = false }) {
+  const paths = Array.from({ length: connections }, (_, i) => `bench-wsa-${runId}-${i}`);
+  for (const path of paths) await create(path);
+  const data = message(0);
+  let counting = false;
+  let stop = false;
+  let acked = 0;
+  let failed = 0;
+  let lost = 0;
+  const sockets = [];
+  const drained = [];
+  for (const path of paths) {
+    let sent = 0;
+    let outstanding = 0;
+    let socket;
+    let done;
+    drained.push(new Promise((r) => { done = r; }));
+    const send = () => {
+      socket.send(`{"op":"append","id":${sent++},"data":${data}}`);
+      outstanding++;
+    };
+    const onFrame = (frame) => {
+      let ok;
+      if (startsWith(frame, ACK)) ok = true;
+      else if (startsWith(frame, ERROR)) ok = false;
+      else return; // our own appends coming back, and control frames
+      outstanding--;
+      if (counting) {
+        if (ok) acked++;
+        else failed++;
+      }
+      if (!stop) send();
+      else if (outstanding === 0) done();
+    };
+    const onClose = () => { lost += outstanding; done(); };
+    socket = await subscribe(path, { onFrame, onClose, deflate });
+    sockets.push(socket);
+    for (let i = 0; i < inFlight; i++) send();
+  }
+  await sleep(warmup * 1000);
+  counting = true;
+  const cpu = cpuMeter();
+  const started = performance.now();
+  await sleep(seconds * 1000);
+  counting = false;
+  const elapsed = (performance.now() - started) / 1000;
+  const clientCores = cpu();
+  stop = true;
+  await Promise.race([Promise.all(drained), sleep(10000)]);
+  await closeAll(sockets);
+  return { acks_per_s: acked / elapsed, failed, lost, connections, in_flight: inFlight, client_cpu_cores: clientCores };
+}
+
+// Idle websockets, for the server's memory per connection, measured by the caller (run.py):
+// opens and closes `warmupSockets` subscribers, prints {"phase":"warm"} and waits for a line on
+// stdin; opens `subscribers` idle subscribers (offset=now, each waiting for its first control
+// frame), prints {"phase":"open",...} and waits for a line again; closes them and prints the
+// result. Nothing is appended, so no frame follows the first control frame.
+async function wsIdle({ subscribers = 2000, warmupSockets = 100, concurrency = 50, deflate = false }) {
+  const path = `bench-wsi-${runId}`;
+  await create(path);
+  const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const phase = async (name, extra = {}) => {
+    console.log(JSON.stringify({ phase: name, ...extra }));
+    if ((await lines.next()).done) throw new Error("stdin closed");
+  };
+  await closeAll(await pool(warmupSockets, concurrency, () => subscribe(path, { deflate })));
+  await sleep(1000);
+  await phase("warm");
+  let closedEarly = 0;
+  let closing = false;
+  const onClose = () => { if (!closing) closedEarly++; };
+  const opening = performance.now();
+  const sockets = await pool(subscribers, concurrency, () => subscribe(path, { deflate, onClose }));
+  const connectSeconds = (performance.now() - opening) / 1000;
+  await sleep(1000);
+  await phase("open", { open: sockets.length - closedEarly });
+  closing = true;
+  await closeAll(sockets);
+  return { subscribers, warmup_sockets: warmupSockets, closed_early: closedEarly, connect_s: connectSeconds };
+}
+
+const scenarios = {
+  appends,
+  "long-poll": longPollLatency,
+  "sse-fanout": sseFanout,
+  "catch-up": catchUp,
+  "ws-fanout": wsFanout,
+  "ws-appends": wsAppends,
+  "ws-idle": wsIdle,
+};
 const fn = scenarios[scenario];
 if (!fn) {
   console.error(`unknown scenario ${scenario}; one of ${Object.keys(scenarios).join(", ")}`);

@@ -2,11 +2,13 @@
 
 The same client workload (``benchmarks/load.mjs``) runs against four servers, one at a time: ours
 under uvicorn (the recommended configuration) and under daphne, and the reference server
-(@durable-streams/server) in memory and file-backed. Then ``benchmarks/inprocess.py`` measures
-our in-process API on the same database. Prints every figure with its ratio to the reference of
-the same run, checks the targets (PASS/FAIL), writes ``benchmarks/results/<UTC time>.json``.
+(@durable-streams/server) in memory and file-backed. The websocket benchmarks (``ws-*``) run
+against ours only: the reference has no websocket endpoint. Then ``benchmarks/inprocess.py``
+measures our in-process API on the same database. Prints every figure with its ratio to the
+reference of the same run, checks the targets (PASS/FAIL; ``benchmarks/summary.py``), writes
+``benchmarks/results/<UTC time>.json``.
 
-    python benchmarks/run.py            # from the repository root, virtualenv active (~5 min)
+    python benchmarks/run.py            # from the repository root, virtualenv active (minutes)
     python benchmarks/run.py --quick    # shorter durations: a smoke test
     python benchmarks/run.py --only uvicorn,ref-file,appends-distinct
 
@@ -29,17 +31,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from summary import OURS, SERVERS, check_targets, print_table, print_targets
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ds_bench"
-INPROCESS_TARGET = 20_000  # messages/s, target (c)
 TIMEOUT = 240  # seconds one client run may take before it counts as an error
-SERVERS = ["uvicorn", "daphne", "ref-memory", "ref-file"]
-OURS = ["uvicorn", "daphne"]
 
 # name -> (load.mjs scenario, or inprocess.py; options of the full run)
 SCENARIOS: dict[str, tuple[str, dict]] = {
@@ -49,25 +51,20 @@ SCENARIOS: dict[str, tuple[str, dict]] = {
     "long-poll": ("long-poll", {"rounds": 200}),
     "sse": ("sse-fanout", {"subscribers": 200, "rate": 50, "seconds": 10}),
     "catch-up": ("catch-up", {"messages": 5000, "readers": 4, "seconds": 5}),
+    "ws-fanout": ("ws-fanout", {"subscribers": 1000, "rate": 50, "seconds": 10, "concurrency": 50}),
+    "ws-appends": ("ws-appends", {"connections": 16, "inFlight": 32, "seconds": 10, "warmup": 1}),
+    "ws-idle-memory": ("ws-idle", {"subscribers": 2000, "warmupSockets": 100, "concurrency": 50}),
     "inprocess": ("inprocess.py", {"writers": 50, "seconds": 5}),
 }
 QUICK = {"seconds": 2, "warmup": 0.5, "rounds": 50}  # --quick overrides, where they apply
-
-
-# The table: (label, benchmark, figure, unit, the references it is compared with)
-FILE, BOTH = ("ref-file",), ("ref-memory", "ref-file")
-ROWS = [
-    ("appends x16, distinct streams", "appends-distinct", "requests_per_s", "req/s", FILE),
-    ("appends x16, one stream", "appends-same", "requests_per_s", "req/s", FILE),
-    ("appends x16, 50-message arrays", "appends-batch", "messages_per_s", "msg/s", FILE),
-    ("append -> long-poll p50", "long-poll", "p50_ms", "ms", BOTH),
-    ("append -> long-poll p99", "long-poll", "p99_ms", "ms", BOTH),
-    ("SSE fan-out x200 p50", "sse", "p50_ms", "ms", BOTH),
-    ("SSE fan-out x200 p99", "sse", "p99_ms", "ms", BOTH),
-    ("SSE fan-out x200 delivered", "sse", "delivered_fraction", "frac", BOTH),
-    ("catch-up, 5,000-message stream", "catch-up", "messages_per_s", "msg/s", BOTH),
-]
-SHORT = {"ref-memory": "mem", "ref-file": "file"}
+OURS_ONLY = {"ws-fanout", "ws-appends", "ws-idle-memory"}  # the reference has no websockets
+FRESH = "ws-idle-memory"  # measured on a server process of its own, started for it
+NOTES = {  # figures worth a note on stderr when they are not 0
+    "failed": "appends failed",
+    "lost": "appends unanswered when the server closed the socket",
+    "closed_early": "sockets the server closed",
+    "error_frames": "error frames",
+}
 
 
 class Interrupted(Exception):
@@ -125,11 +122,12 @@ def server_command(name: str, port: int, data_dir: str) -> list[str]:
 
 @contextlib.contextmanager
 def running_server(name: str, database_url: str, logs: Path):
-    """Start server ``name``, yield its base URL once it listens, stop it on the way out."""
+    """Start server ``name``; once it listens, yield its base URL and its process (the one
+    holding the sockets: uvicorn and daphne serve in the process started); stop it after."""
     port = free_port()
     with (
         tempfile.TemporaryDirectory(prefix="ds-bench-ref-") as data_dir,
-        (logs / f"{name}.log").open("w") as log_file,
+        (logs / f"{name}.log").open("a") as log_file,
     ):
         proc = subprocess.Popen(
             server_command(name, port, data_dir),
@@ -141,7 +139,7 @@ def running_server(name: str, database_url: str, logs: Path):
         )
         try:
             wait_for_port(port, proc)
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", proc
         finally:
             stop_process_group(proc)
 
@@ -184,31 +182,117 @@ def prepare(database_url: str) -> dict[str, str]:
     log("migrating")
     migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
     subprocess.run(migrate, cwd=ROOT, env=server_env(database_url), check=True)
-    if not (BENCH / "node_modules").exists():
+    if not (BENCH / "node_modules" / "ws").exists():
         log("npm ci in benchmarks/")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
     return settings
 
 
 def run_servers(args: argparse.Namespace, database_url: str, logs: Path) -> dict[str, dict]:
-    """Run every selected scenario on every selected server, one server at a time."""
+    """Run every selected scenario on every selected server, one server at a time; the idle
+    websocket memory on a fresh process of ours, after the others."""
     results: dict[str, dict] = {}
     for server in args.servers:
         results[server] = {}
         log(f"== {server}")
-        try:
-            with running_server(server, database_url, logs) as base_url:
-                for name in args.scenarios:
-                    options = options_for(name, args.quick)
-                    log(f"   {name} {json.dumps(options)}")
-                    client = ["node", "load.mjs", SCENARIOS[name][0], base_url]
-                    results[server][name] = attempt([*client, json.dumps(options)], BENCH)
-        except RuntimeError as exc:  # the server did not start
-            tail = (logs / f"{server}.log").read_text()[-1000:]
-            results[server]["error"] = str(exc)
-            log(f"   ERROR {exc}\n{tail}")
-        time.sleep(1)  # let sockets and the database settle between servers
+        names = [n for n in args.scenarios if server in OURS or n not in OURS_ONLY]
+        for group in ([n for n in names if n != FRESH], [n for n in names if n == FRESH]):
+            if not group:
+                continue
+            try:
+                with running_server(server, database_url, logs) as (base_url, proc):
+                    for name in group:
+                        results[server][name] = run_scenario(name, args.quick, base_url, proc)
+            except RuntimeError as exc:  # the server did not start
+                tail = (logs / f"{server}.log").read_text()[-1000:]
+                results[server]["error"] = str(exc)
+                log(f"   ERROR {exc}\n{tail}")
+            time.sleep(1)  # let sockets and the database settle between servers
     return results
+
+
+def run_scenario(name: str, quick: bool, base_url: str, proc: subprocess.Popen) -> dict:
+    """One load.mjs scenario against the server at ``base_url`` (process ``proc``)."""
+    options = options_for(name, quick)
+    log(f"   {name} {json.dumps(options)}")
+    command = ["node", "load.mjs", SCENARIOS[name][0], base_url, json.dumps(options)]
+    cpu, started = cpu_seconds(proc.pid), time.monotonic()
+    if name == "ws-idle-memory":
+        result = attempt(idle_memory, command, proc.pid)
+    else:
+        result = attempt(run_json, command, BENCH)
+    # The server process's CPU over the whole client run (set-up included), in cores: a hint of
+    # which side was saturated. Not the whole server for ref-file's fsyncs or Postgres.
+    after = cpu_seconds(proc.pid)
+    if cpu is not None and after is not None:
+        result["server_cpu_cores"] = (after - cpu) / (time.monotonic() - started)
+    return result
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (/proc/<pid>/stat), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # the server is gone
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """The resident memory of process ``pid`` (VmRSS in /proc/<pid>/status), in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def socket_count(pid: int) -> int:
+    """How many sockets process ``pid`` has open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def idle_memory(command: list[str], pid: int) -> dict:
+    """Drive ``load.mjs ws-idle``: the server's RSS after the client's warm-up and with every
+    idle subscriber open (the client prints a phase line and waits for a line on stdin)."""
+    client = subprocess.Popen(
+        command, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(TIMEOUT, client.kill)
+    watchdog.start()
+    samples: dict[str, tuple[int, int]] = {}
+    try:
+        for phase in ("warm", "open"):
+            line = client.stdout.readline()
+            if not line.startswith("{") or json.loads(line).get("phase") != phase:
+                break  # the client failed: its error is on stderr
+            samples[phase] = rss_kb(pid), socket_count(pid)
+            client.stdin.write("next\n")
+            client.stdin.flush()
+        out, err = client.communicate(timeout=TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if client.poll() is None:
+            client.kill()
+    if client.returncode != 0 or len(samples) < 2:
+        raise RuntimeError(f"load.mjs ws-idle exited {client.returncode}: {err.strip()[-600:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    (before, sockets_before), (after, sockets_after) = samples["warm"], samples["open"]
+    count = result["subscribers"]
+    if sockets_after - sockets_before < count:
+        more = sockets_after - sockets_before
+        raise RuntimeError(f"process {pid} holds {more} more sockets, not {count}: not the server")
+    return result | {
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "sockets_before": sockets_before,
+        "sockets_after": sockets_after,
+        "kb_per_subscriber": (after - before) / count,
+    }
 
 
 def run_inprocess(args: argparse.Namespace, database_url: str) -> dict:
@@ -217,121 +301,16 @@ def run_inprocess(args: argparse.Namespace, database_url: str) -> dict:
     log(f"== in-process {json.dumps(options)}")
     command = [sys.executable, "benchmarks/inprocess.py"]
     command += [f"--{key}={value}" for key, value in options.items()]
-    return attempt(command, ROOT, server_env(database_url))
+    return attempt(run_json, command, ROOT, server_env(database_url))
 
 
-def attempt(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
-    """``run_json``, with a crash or a timeout turned into ``{"error": ...}``."""
+def attempt(measure, *args) -> dict:
+    """``measure(*args)``, with a crash or a timeout turned into ``{"error": ...}``."""
     try:
-        return run_json(command, cwd, env)
-    except (RuntimeError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return measure(*args)
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as exc:
         log(f"   ERROR {exc}")
         return {"error": str(exc)}
-
-
-def figure(results: dict, server: str, bench: str, key: str) -> float | None:
-    """One figure from the results, or None if it was not measured or failed."""
-    value = results.get(server, {}).get(bench, {}).get(key)
-    return value if isinstance(value, int | float) else None
-
-
-def fmt(value: float | None, unit: str) -> str:
-    """A figure for the table."""
-    if value is None:
-        return "-"
-    return {"ms": f"{value:.2f}", "frac": f"{value:.4f}"}.get(unit, f"{value:,.0f}")
-
-
-def ratio(ours: float | None, ref: float | None) -> float | None:
-    """ours / reference, or None when either is missing."""
-    return ours / ref if ours is not None and ref else None
-
-
-def times(value: float) -> str:
-    """A ratio for display: two decimals, or two significant digits when it is below 0.1."""
-    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
-
-
-def print_table(results: dict, inprocess: dict) -> None:
-    """The figures of every server, and each of ours over the reference(s) of its row."""
-    print("\nRatios read ours / reference: above 1 is better for a throughput, below 1 is better")
-    print("for a latency (mem = reference in memory, file = reference file-backed).\n")
-    columns = "".join(f"{name:>11}" for name in SERVERS)
-    head = f"{'benchmark':<32}{'unit':>6}{columns}   {'uvicorn / ref':<27}daphne / ref"
-    print(head)
-    print("-" * len(head))
-    for label, bench, key, unit, refs in ROWS:
-        values = [figure(results, server, bench, key) for server in SERVERS]
-        if all(v is None for v in values):
-            continue
-        ratios = []
-        for ours in OURS:
-            mine = figure(results, ours, bench, key)
-            pairs = [(ratio(mine, figure(results, ref, bench, key)), ref) for ref in refs]
-            ratios.append(", ".join(f"{times(r)} {SHORT[ref]}" for r, ref in pairs if r) or "-")
-        cells = "".join(f"{fmt(v, unit):>11}" for v in values)
-        print(f"{label:<32}{unit:>6}{cells}   {ratios[0]:<26} {ratios[1]}".rstrip())
-    if "messages_per_s" in inprocess:
-        value = inprocess["messages_per_s"]
-        print(
-            f"\nin-process API, {inprocess['writers']} writers: {value:,.0f} msg/s, "
-            f"{times(value / INPROCESS_TARGET)} the {INPROCESS_TARGET:,} msg/s target "
-            "(the reference server has no in-process API)"
-        )
-
-
-def check_targets(results: dict, inprocess: dict) -> list[dict]:
-    """Targets (a)-(f) as ours / reference against a threshold; SKIP when a figure is missing."""
-
-    def get(server: str, bench: str, key: str) -> float | None:
-        return figure(results, server, bench, key)
-
-    appends_ref = get("ref-file", "appends-distinct", "requests_per_s")
-    delivered = get("uvicorn", "sse", "delivered_fraction")
-    checks = [  # (target, description, ours, reference, threshold, higher is better)
-        ("a", "appends/s x16 distinct streams, uvicorn >= 1.5x file-backed ref",
-         get("uvicorn", "appends-distinct", "requests_per_s"), appends_ref, 1.5, True),
-        ("a*", "(reported) the same with daphne >= 1.5x file-backed ref",
-         get("daphne", "appends-distinct", "requests_per_s"), appends_ref, 1.5, True),
-        ("b", "messages/s with 50-message arrays, uvicorn >= file-backed ref",
-         get("uvicorn", "appends-batch", "messages_per_s"),
-         get("ref-file", "appends-batch", "messages_per_s"), 1.0, True),
-        ("c", f"in-process API >= {INPROCESS_TARGET:,} messages/s",
-         inprocess.get("messages_per_s"), INPROCESS_TARGET, 1.0, True),
-        ("d", "catch-up messages/s, uvicorn >= in-memory ref",
-         get("uvicorn", "catch-up", "messages_per_s"),
-         get("ref-memory", "catch-up", "messages_per_s"), 1.0, True),
-        ("e", "long-poll p50, uvicorn <= 3x in-memory ref p50",
-         get("uvicorn", "long-poll", "p50_ms"), get("ref-memory", "long-poll", "p50_ms"),
-         3.0, False),
-        ("f", "SSE fan-out p99, uvicorn <= file-backed ref p99, all delivered",
-         get("uvicorn", "sse", "p99_ms"), get("ref-file", "sse", "p99_ms"), 1.0, False),
-    ]  # fmt: skip
-    outcome = []
-    for target, text, ours, ref, threshold, higher in checks:
-        value = ratio(ours, ref)
-        if value is None:
-            status = "SKIP"
-        else:
-            ok = value >= threshold if higher else value <= threshold
-            ok = ok and (target != "f" or delivered == 1)
-            status = "PASS" if ok else "FAIL"
-        outcome.append(
-            {"target": target, "description": text, "ours": ours, "reference": ref,
-             "ratio": value, "threshold": threshold, "status": status}
-        )  # fmt: skip
-    return outcome
-
-
-def print_targets(outcome: list[dict], delivered: float | None) -> None:
-    """The PASS/FAIL block."""
-    print("\nTargets (ratio = ours / reference):")
-    for check in outcome:
-        detail = "not measured" if check["ratio"] is None else f"ratio {times(check['ratio'])}"
-        if check["target"] == "f" and delivered is not None:
-            detail += f", delivered fraction {delivered:.4f}"
-        label = f"({check['target']})"
-        print(f"  {label:<5}{check['status']:<6}{check['description']}: {detail}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -367,8 +346,10 @@ def collect_errors(results: dict, inprocess: dict) -> list[str]:
                 errors.append(f"{server}: {result}")
             elif "error" in result:
                 errors.append(f"{server} {bench}: {result['error']}")
-            elif result.get("failed"):
-                log(f"note: {server} {bench}: {result['failed']} appends failed")
+            else:
+                for key, what in NOTES.items():
+                    if result.get(key):
+                        log(f"note: {server} {bench}: {what}: {result[key]}")
     return errors + ([f"inprocess: {inprocess['error']}"] if "error" in inprocess else [])
 
 
@@ -393,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print_table(results, inprocess)
     targets = check_targets(results, inprocess)
-    print_targets(targets, figure(results, "uvicorn", "sse", "delivered_fraction"))
+    print_targets(targets)
     errors = collect_errors(results, inprocess)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "node": node}
