@@ -11,6 +11,7 @@ from __future__ import annotations
 from http.cookies import SimpleCookie
 from importlib import import_module
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.apps import apps
 from django.conf import settings
@@ -98,7 +99,13 @@ def same_origin_or_allowed(scope: dict[str, Any], allowed: list[str]) -> bool:
     if origin is None:
         return True
     host = header(scope, b"host")
-    scheme = scope.get("scheme", "http")
-    if host and origin == f"{scheme}://{host}":
-        return True
+    if host:
+        # A page on http(s)://site opens ws(s)://site. Daphne reports no scheme for sockets:
+        # then the host must match.
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", ""), scope.get("scheme"))
+        if scheme is None and scope.get("type") == "websocket":
+            if urlsplit(origin).netloc == host:
+                return True
+        elif origin == f"{scheme or 'http'}://{host}":
+            return True
     return origin in allowed

@@ -103,6 +103,8 @@ else:
 DURABLE_SESSIONS: dict = {}
 if os.environ.get("DS_LONG_POLL_TIMEOUT"):
     DURABLE_SESSIONS["LONG_POLL_TIMEOUT"] = float(os.environ["DS_LONG_POLL_TIMEOUT"])
+if os.environ.get("DS_WEBSOCKET_SEND_TIMEOUT"):
+    DURABLE_SESSIONS["WEBSOCKET_SEND_TIMEOUT"] = float(os.environ["DS_WEBSOCKET_SEND_TIMEOUT"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
 

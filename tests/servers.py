@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,17 +91,15 @@ class ServerProcess:
         ]
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        # A file, not a pipe: a pipe nobody reads fills up and stops the server mid-test.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the process)
         self.process = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            self.command(), cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.server} exited: {self.process.stderr.read().decode()}")
+                raise RuntimeError(f"{self.server} exited: {self.output()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
@@ -108,6 +107,11 @@ class ServerProcess:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.server} did not listen on {self.port} in {timeout}s")
+
+    def output(self) -> str:
+        """What the server printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to flush anything."""

@@ -24,6 +24,7 @@ from durable_sessions.conf import ds_settings
 from durable_sessions.streams.errors import Unavailable
 
 STREAM = "durable_sessions_stream"
+SMALL_BATCH = 4  # rows up to which plain statements beat one unnest() statement
 ENTRY = "durable_sessions_entry"
 PRODUCER = "durable_sessions_producer"
 
@@ -127,10 +128,11 @@ class Database:
         """Insert ``rows`` with one statement. ``columns`` maps each column to its SQL type.
 
         Postgres gets one array per column and ``unnest`` turns them back into rows: one
-        statement to plan and run, however many rows.
+        statement to plan and run, however many rows. A few rows go as plain statements, which
+        cost less to encode and to run than the arrays.
         """
         names = ", ".join(columns)
-        if self.is_postgres:
+        if self.is_postgres and len(rows) > SMALL_BATCH:
             arrays = ", ".join(f"%s::{kind}[]" for kind in columns.values())
             cur.execute(
                 f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
@@ -145,7 +147,7 @@ class Database:
         self, cur: Any, table: str, key: str, columns: dict[str, str], rows: list[tuple]
     ) -> None:
         """``UPDATE`` one row per tuple of ``rows``: the new values, then the ``key`` value."""
-        if self.is_postgres:
+        if self.is_postgres and len(rows) > SMALL_BATCH:
             arrays = ", ".join(f"%s::{kind}[]" for kind in (*columns.values(), "bigint"))
             assignments = ", ".join(f"{name} = v.{name}" for name in columns)
             cur.execute(

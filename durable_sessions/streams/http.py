@@ -175,8 +175,12 @@ def security_headers() -> list[tuple[str, str]]:
 
 
 def cors_headers(request: Request) -> list[tuple[str, str]]:
-    """Security headers, plus CORS headers for an allowed ``Origin``."""
-    headers = security_headers()
+    """Security headers, plus CORS headers for an allowed ``Origin``.
+
+    Every response says ``Vary: Origin``: with or without ``Origin`` a request gets different
+    headers, so a shared cache must not answer one with the other's response.
+    """
+    headers = [*security_headers(), ("vary", "Origin")]
     origin = request.header("origin")
     if origin is None:
         return headers
@@ -185,7 +189,6 @@ def cors_headers(request: Request) -> list[tuple[str, str]]:
         headers += [
             ("access-control-allow-origin", origin),
             ("access-control-allow-credentials", "true"),
-            ("vary", "Origin"),
         ]
     elif "*" in allowed:
         headers.append(("access-control-allow-origin", "*"))

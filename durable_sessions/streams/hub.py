@@ -8,7 +8,8 @@ them out in memory. Changes committed by other processes arrive through the chan
 (``relay.py``): the hub follows each stream that has local readers there, once.
 
 A subscription's queue is bounded. A reader that falls behind is not allowed to hold memory or
-slow anyone down: its queue is dropped, it is marked ``overflowed`` and re-reads the database.
+slow anyone down: its queue is dropped and it re-reads the database. A reader that heard
+nothing for ``LIVE_RECHECK_INTERVAL`` re-reads it too (one timer per hub wakes them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from durable_sessions.conf import ds_settings
 from durable_sessions.streams import relay
 from durable_sessions.streams.records import Notice
 
@@ -29,45 +31,57 @@ UNFOLLOW_DELAY = 30.0
 class Subscription:
     """One live reader's registration for one stream."""
 
-    __slots__ = ("_event", "_hub", "_notices", "overflowed", "stream_id")
+    __slots__ = ("_event", "_hub", "_notices", "heard", "reread", "stream_id")
 
     def __init__(self, hub: Hub, stream_id: int) -> None:
         self._hub = hub
         self.stream_id = stream_id
         self._notices: deque[Notice] = deque()
         self._event = asyncio.Event()
-        self.overflowed = False
+        self.reread = False  # notices were dropped or may have been missed: read the database
+        self.heard = hub.loop.time()
 
     def push(self, notice: Notice) -> None:
         """Queue a notice (called by the hub on the loop)."""
+        self.heard = self._hub.loop.time()
         if len(self._notices) >= SUBSCRIPTION_QUEUE_LIMIT:
             self._notices.clear()
-            self.overflowed = True
+            self.reread = True
         else:
             self._notices.append(notice)
         self._event.set()
 
+    def wake_to_reread(self) -> None:
+        """Make the reader read the database (a quiet period, or the layer failed)."""
+        self.heard = self._hub.loop.time()
+        self.reread = True
+        self._event.set()
+
     def pending(self) -> bool:
-        return bool(self._notices) or self.overflowed
+        return bool(self._notices) or self.reread
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait until a notice is queued; False when ``timeout`` seconds pass first."""
         if self.pending():
             return True
         self._event.clear()
+        if timeout is None:
+            await self._event.wait()
+            return True
+        # A plain timer, not asyncio.timeout(): readers wait on every batch.
+        timer = self._hub.loop.call_later(timeout, self._event.set)
         try:
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            return False
-        return True
+            await self._event.wait()
+        finally:
+            timer.cancel()
+        return self.pending()
 
     def take(self) -> tuple[list[Notice], bool]:
-        """The queued notices and whether some were dropped since the last take."""
+        """The queued notices, and whether the reader must read the database instead."""
         notices = list(self._notices)
         self._notices.clear()
-        overflowed, self.overflowed = self.overflowed, False
-        return notices, overflowed
+        reread, self.reread = self.reread, False
+        return notices, reread
 
     def close(self) -> None:
         """Stop receiving notices."""
@@ -88,6 +102,7 @@ class Hub:
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._link: relay.HubLink | None = None
         self._link_checked = False
+        self._ticking = False
 
     def _linked(self) -> relay.HubLink | None:
         if not self._link_checked:
@@ -104,7 +119,30 @@ class Hub:
         link = self._linked()
         if link is not None and len(subscriptions) == 1:
             link.spawn(link.follow(stream_id))
+        if not self._ticking:
+            self._ticking = True
+            self.loop.call_later(self._tick_interval(), self._recheck_quiet)
         return subscription
+
+    @staticmethod
+    def _tick_interval() -> float:
+        return ds_settings.LIVE_RECHECK_INTERVAL / 2
+
+    def _recheck_quiet(self) -> None:
+        """Wake the readers that heard nothing for LIVE_RECHECK_INTERVAL: one timer for all.
+
+        Notices travel at most once; a reader that has been quiet that long reads the database
+        in case one was lost.
+        """
+        if not self._subscriptions or self.loop.is_closed():
+            self._ticking = False
+            return
+        quiet = self.loop.time() - ds_settings.LIVE_RECHECK_INTERVAL
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                if subscription.heard <= quiet:
+                    subscription.wake_to_reread()
+        self.loop.call_later(self._tick_interval(), self._recheck_quiet)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         stream_id = subscription.stream_id
@@ -127,8 +165,7 @@ class Hub:
         """Make every live reader re-read the database (notices may have been lost)."""
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
-                subscription.overflowed = True
-                subscription._event.set()
+                subscription.wake_to_reread()
 
     def wants(self, notices: list[Notice]) -> bool:
         """Whether any notice concerns a stream with a reader here (safe from any thread)."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 
-from durable_sessions.conf import ds_settings
 from durable_sessions.streams.content import is_json
+from durable_sessions.streams.errors import StreamNotFound
 from durable_sessions.streams.hub import Subscription, get_hub
 from durable_sessions.streams.offsets import NOW, Position
 from durable_sessions.streams.records import Notice, ReadResult, StoredEntry, StreamInfo
@@ -37,6 +37,7 @@ class Follower:
         self._subscription: Subscription | None = None
         self._from_db = True
         self._first = True
+        self._separator = b""
         self.finished = False
 
     async def __aenter__(self) -> Follower:
@@ -69,7 +70,11 @@ class Follower:
         if self._subscription is None or self._subscription.stream_id != result.info.id:
             self._subscribe(result.info.id)  # the path names a new stream: read it again
             result = await aread(self.path, offset)
+        if self.info is not None and result.info.id != self.info.id:
+            # Deleted and created again while we followed it: not the stream we were reading.
+            raise StreamNotFound(f"stream {self.path!r} was deleted (and created again)")
         self.info = result.info
+        self._separator = b"," if is_json(result.info.content_type) else b""
         self.position = result.next
         self._from_db = not result.up_to_date
         self.finished = result.closed
@@ -87,7 +92,6 @@ class Follower:
             return await self._read()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        recheck = ds_settings.LIVE_RECHECK_INTERVAL
         while True:
             if self._from_db:
                 result = await self._read()
@@ -95,16 +99,14 @@ class Follower:
                     return result
             subscription = self._subscription
             assert subscription is not None
-            wait = recheck if deadline is None else min(recheck, deadline - loop.time())
-            if wait <= 0:
-                return None
-            if not await subscription.wait(wait):
-                if deadline is not None and loop.time() >= deadline:
+            if deadline is None:
+                await subscription.wait(None)
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await subscription.wait(remaining):
                     return None
-                self._from_db = True  # a quiet period: check the database
-                continue
-            notices, overflowed = subscription.take()
-            batch = None if overflowed else self._from_notices(notices)
+            notices, reread = subscription.take()  # (a quiet hub also asks for a reread)
+            batch = None if reread else self._from_notices(notices)
             if batch is None:
                 self._from_db = True
             elif batch.count or batch.closed:
@@ -133,7 +135,6 @@ class Follower:
             closed = closed or notice.closed
         start, self.position = self.position, position
         self.finished = closed
-        separator = b"," if is_json(self.info.content_type) else b""
-        data = separator.join(entry.data for entry in entries)
+        data = self._separator.join(entry.data for entry in entries)
         count = sum(entry.count for entry in entries)
         return ReadResult(self.info, start, data, count, position, True, closed)

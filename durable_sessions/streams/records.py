@@ -123,7 +123,7 @@ class StoredEntry(NamedTuple):
         return Position(self.seq + 1, self.end_bytes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadResult:
     """A batch of a stream from ``start`` to ``next``: ``count`` messages in ``data``.
 

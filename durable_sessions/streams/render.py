@@ -19,27 +19,38 @@ T = TypeVar("T")
 
 def batch_key(result: ReadResult) -> tuple:
     """What identifies a batch's contents: its stream, its range and how it ends."""
-    return (result.info.id, result.start, result.next, result.up_to_date, result.closed)
+    return (result.info.id, result.start.seq, result.next.seq, result.up_to_date, result.closed)
 
 
 class RenderCache:
-    """A small LRU map from batch keys to renderings."""
+    """A small LRU map from batch keys to renderings, bounded in count and in bytes.
 
-    def __init__(self, size: int = 512) -> None:
+    A rendering bigger than a tenth of the budget (a catch-up page) is made but not kept: those
+    go to one reader, not to many.
+    """
+
+    def __init__(self, size: int = 512, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, make: Callable[[], T]) -> T:
-        """The rendering for ``key``, made with ``make()`` on a miss."""
+    def get(self, key: Hashable, make: Callable[[], T], weight: int = 0) -> T:
+        """The rendering for ``key``, made with ``make()`` on a miss; ``weight``: its bytes."""
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
-                return found  # type: ignore[return-value]
+                return found[0]  # type: ignore[return-value]
         made = make()
+        if weight > self.max_bytes // 10:
+            return made
         with self._lock:
-            self._items[key] = made
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
+            if key not in self._items:
+                self._items[key] = (made, weight)
+                self._bytes += weight
+            while len(self._items) > self.size or self._bytes > self.max_bytes:
+                _key, (_made, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
         return made

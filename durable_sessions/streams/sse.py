@@ -124,6 +124,7 @@ async def _pump(request: Request, follower: Follower, first: ReadResult, text: b
             chunk = _chunks.get(
                 (*batch_key(result), text, cursor),
                 lambda r=result, c=cursor: render_chunk(r, text, str(c)),
+                len(result.data),
             )
             await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
             if result.closed:

@@ -29,9 +29,12 @@ import binascii
 import contextlib
 import json
 import logging
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl
 
+from channels.consumer import get_handler_name
+from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from durable_sessions.auth import host_allowed
@@ -79,7 +82,7 @@ _frames = RenderCache()
 
 def frames(result: ReadResult) -> tuple[str | None, str]:
     """The data and control frames of a batch, rendered once for all readers at that position."""
-    return _frames.get(batch_key(result), lambda: _render(result))
+    return _frames.get(batch_key(result), lambda: _render(result), len(result.data))
 
 
 def _render(result: ReadResult) -> tuple[str | None, str]:
@@ -102,11 +105,50 @@ def _render(result: ReadResult) -> tuple[str | None, str]:
     return data, compact({"event": "control", "data": control})
 
 
+_watched: dict[asyncio.AbstractEventLoop, weakref.WeakSet] = {}
+
+
+def watch(socket: StreamSocket) -> None:
+    """Put ``socket`` under its loop's watchdog (started with the first socket)."""
+    loop = asyncio.get_running_loop()
+    sockets = _watched.get(loop)
+    if sockets is None:
+        sockets = _watched[loop] = weakref.WeakSet()
+        loop.call_later(1.0, _check_stalls, loop, sockets)
+    sockets.add(socket)
+
+
+def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> None:
+    """Once a second: stop the follower of any socket whose send has been blocked too long.
+
+    One timer for all sockets, instead of a timeout around each of a thousand sends a batch.
+    """
+    limit = loop.time() - ds_settings.WEBSOCKET_SEND_TIMEOUT
+    for socket in list(sockets):
+        since = socket.sending_since
+        if since is not None and since < limit and socket.pump is not None:
+            logger.info("websocket reader of %s stopped reading; closing it", socket.path)
+            socket.stalled = True
+            socket.sending_since = None
+            socket.pump.cancel()
+    if not loop.is_closed():
+        loop.call_later(1.0, _check_stalls, loop, sockets)
+
+
 class StreamSocket(AsyncWebsocketConsumer):
     """One websocket: follows one stream from an offset, and appends to it."""
 
     # No per-connection channel on the layer: the hub's one subscription per stream serves all.
     channel_layer_alias = "durable_sessions.none"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.main_task = asyncio.current_task()
+        self.stalled = False
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.stalled:
+                raise
 
     async def connect(self) -> None:
         self.follower: Follower | None = None
@@ -115,6 +157,8 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.content_type = ""
         self.may_append = False
         self.caller = Caller(self.scope, cross_site_reads=False)
+        self.sending_since: float | None = None
+        self.delivered: Any = None
         await self.accept()
         try:
             if not host_allowed(self.scope):
@@ -122,11 +166,12 @@ class StreamSocket(AsyncWebsocketConsumer):
             path = protocol.parse_stream_path(
                 self.scope["ds_stream_path"], ds_settings.MAX_PATH_LENGTH
             )
-            query = dict(
-                parse_qsl(
-                    self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
-                )
+            pairs = parse_qsl(
+                self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
             )
+            query = dict(pairs)
+            if len(query) != len(pairs):
+                raise BadRequest("a query parameter appears more than once", code="invalid_query")
             start = parse_read_offset(query.get("offset"))
             await self.caller.authorize(READ, path)
             self.path = path
@@ -137,7 +182,9 @@ class StreamSocket(AsyncWebsocketConsumer):
             await self.close(code=close_code(exc))
             return
         self.content_type = first.info.content_type
+        self.delivered = first.start
         self.pump = asyncio.ensure_future(self.follow(first))
+        watch(self)
 
     async def disconnect(self, code: int) -> None:
         if self.pump is not None:
@@ -157,6 +204,7 @@ class StreamSocket(AsyncWebsocketConsumer):
                 if data is not None:
                     await self.send_frame(data)
                 await self.send_frame(control)
+                self.delivered = result.next  # handed to the socket, control frame included
                 if result.closed:
                     # The end of the stream. Frames the client sent before it heard of the end
                     # still get their answer (an append: 409): close after a grace period.
@@ -168,23 +216,41 @@ class StreamSocket(AsyncWebsocketConsumer):
                 batch = await self.follower.next(None)
                 if batch is not None:
                     result = batch
-        except TimeoutError:
-            position = str(self.follower.position)
-            with contextlib.suppress(Exception):
+        except asyncio.CancelledError:
+            if not self.stalled:
+                raise
+            # The client stopped reading: tell it where to resume, if it can still hear it (the
+            # offset whose control frame reached the socket, not what the follower read).
+            try:
                 async with asyncio.timeout(1):
-                    await self.close(code=CLOSE_CODES["too_slow"], reason=position)
+                    await self.close(code=CLOSE_CODES["too_slow"], reason=str(self.delivered))
+            except Exception:
+                # Even the close frame cannot be queued: end the connection. The server sends
+                # what it holds, then closes; the client resumes from its last control frame.
+                if self.main_task is not None:
+                    self.main_task.cancel()
         except StreamError as exc:
             await self.send_error(exc)
             await self.close(code=close_code(exc))
-        except asyncio.CancelledError:
-            raise
         except Exception:
             logger.exception("websocket follower of %s failed", self.path)
             await self.close(code=CLOSE_CODES["internal_error"])
 
     async def send_frame(self, text: str) -> None:
-        async with asyncio.timeout(ds_settings.WEBSOCKET_SEND_TIMEOUT):
-            await self.send(text_data=text)
+        """Send a frame; the watchdog ends a send that stays blocked (a reader not reading)."""
+        self.sending_since = asyncio.get_running_loop().time()
+        await self.base_send({"type": "websocket.send", "text": text})
+        self.sending_since = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale Django connections before every message. Only the handshake
+        # touches the database (authentication); frames do not need a thread hop each.
+        if message["type"] == "websocket.connect":
+            await aclose_old_connections()
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     # -- writing -------------------------------------------------------------------------------
 

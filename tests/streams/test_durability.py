@@ -133,7 +133,9 @@ def test_acknowledged_appends_survive_sigkill_exactly_once(
             thread.start()
         total = sum(len(w) for w in writers)
         for _ in range(min(kill_after, total)):
-            assert acked.acquire(timeout=30), "writers stalled"
+            if not acked.acquire(timeout=30):
+                logs = "\n".join(server.output()[-3000:] for server in cluster.servers)
+                raise AssertionError(f"writers stalled; errors {errors}; server output:\n{logs}")
         cluster.crash_and_replace(victim)
         for thread in threads:
             thread.join(60)

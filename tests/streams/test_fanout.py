@@ -8,8 +8,11 @@ ones get a Redis of their own so that they can restart it and flush it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -244,47 +247,116 @@ async def test_dropped_notifications_cost_latency_not_data(two_processes, redis_
     await follow_through(a, readers, count, progress, flush_repeatedly)
 
 
-async def test_a_reader_that_stops_reading_slows_nobody(two_processes):
-    a, b = two_processes
-    path = f"slow-{uuid.uuid4().hex[:8]}"
-    count = 400
-    await create(a.url, path)
-    # The slow reader's client library stops taking frames off the socket after 4 of them.
-    url = f"{b.url.replace('http://', 'ws://')}/ws/v1/stream/{path}?offset=-1"
-    slow = await websockets.connect(url, max_queue=4, max_size=None)
-    readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
-    tasks = [asyncio.ensure_future(r.read()) for r in readers]
-    padding = "x" * 4000
+class RawSocketReader:
+    """A websocket client on a bare socket that reads nothing until told to.
 
-    async def write_big() -> None:
-        async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
-            for i in range(count):
-                response = await client.post(path, json={"i": i, "pad": padding})
-                assert response.status_code == 204
-            await client.post(path, headers={"stream-closed": "true"})
+    Client libraries keep reading into memory whatever the application does; this one really
+    leaves the bytes in the kernel, with a small receive buffer, so the server sees a full socket.
+    """
 
-    await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
-    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
-    assert_complete(readers, count)
-    # The slow one reads at last: it gets everything, or a close telling it where to resume.
-    received: list[int] = []
-    pending: list[int] = []
-    offset = "-1"
-    socket = slow
-    while True:
-        try:
-            frame = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
-        except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None and closed.rcvd.code == 4008, closed
-            offset = closed.rcvd.reason
-            socket = await websockets.connect(url.replace("offset=-1", f"offset={offset}"))
-            continue
-        if frame["event"] == "data":
-            pending = [m["i"] for m in frame["data"]]
-        elif frame["event"] == "control":
-            received.extend(pending)
-            pending = []
-            if frame["data"].get("streamClosed"):
-                break
-    await socket.close()
-    assert received == list(range(count))
+    def __init__(self, port: int, path: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET /ws/v1/stream/{path}?offset=-1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.sock.recv(1)  # the handshake answer, and not one byte more
+        assert self.buffer.startswith(b"HTTP/1.1 101"), self.buffer
+        self.buffer = b""
+
+    def frames(self):
+        """Server frames (opcode, payload) until the connection ends."""
+        self.sock.settimeout(TIMEOUT)
+        while True:
+            while len(self.buffer) < 2 or len(self.buffer) < self._frame_size():
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    return
+                self.buffer += chunk
+            size, start = self._frame_size(), self._header_size()
+            opcode, payload = self.buffer[0] & 0x0F, self.buffer[start:size]
+            self.buffer = self.buffer[size:]
+            yield opcode, payload
+            if opcode == 8:  # close
+                return
+
+    def _header_size(self) -> int:
+        length = self.buffer[1] & 0x7F
+        return 2 + {126: 2, 127: 8}.get(length, 0)
+
+    def _frame_size(self) -> int:
+        if len(self.buffer) < self._header_size():
+            return 1 << 62
+        length = self.buffer[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(self.buffer[2:4], "big")
+        elif length == 127:
+            length = int.from_bytes(self.buffer[2:10], "big")
+        return self._header_size() + length
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+async def test_a_reader_that_stops_reading_slows_nobody(server, redis_server):
+    """daphne buffers for the slow reader; uvicorn blocks its socket, so it is cut off (after
+    WEBSOCKET_SEND_TIMEOUT, 2 s here) and resumes from its last control frame."""
+    env = {"REDIS_URL": redis_server.url, "DS_WEBSOCKET_SEND_TIMEOUT": "2"}
+    a = ServerProcess(server=server, public=True, env=env).start()
+    b = ServerProcess(server=server, public=True, env=env).start()
+    try:
+        path = f"slow-{uuid.uuid4().hex[:8]}"
+        count = 400
+        await create(a.url, path)
+        slow = RawSocketReader(b.port, path)
+        readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
+        tasks = [asyncio.ensure_future(r.read()) for r in readers]
+        padding = "x" * 40_000  # 16 MB: more than the kernel buffers of both ends hold
+
+        async def write_big() -> None:
+            async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
+                for i in range(count):
+                    response = await client.post(path, json={"i": i, "pad": padding})
+                    assert response.status_code == 204
+                await client.post(path, headers={"stream-closed": "true"})
+
+        await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
+        assert_complete(readers, count)
+        if server == "uvicorn":  # long enough for the watchdog to see the blocked send
+            await asyncio.sleep(3)
+        # The slow one reads at last: what the server held for it, then (uvicorn) the end.
+        received, pending, offset, closed = [], [], "-1", False
+        for opcode, payload in await asyncio.to_thread(lambda: list(slow.frames())):
+            if opcode == 8:  # a close frame: the end (1000), or 4008 and where to resume
+                code, reason = int.from_bytes(payload[:2], "big"), payload[2:].decode()
+                if closed:
+                    assert code == 1000
+                elif code == 4008:
+                    assert reason == offset
+                else:  # the close frame queued behind the data may be the server's ping timeout
+                    assert code == 1011, (code, reason)
+                continue
+            if opcode != 1:  # pings
+                continue
+            frame = json.loads(payload)
+            if frame["event"] == "data":
+                pending = [m["i"] for m in frame["data"]]
+            elif frame["event"] == "control":
+                received.extend(pending)
+                pending, offset = [], frame["data"]["streamNextOffset"]
+                closed = bool(frame["data"].get("streamClosed"))
+        assert closed == (server == "daphne"), "daphne buffers without limit; uvicorn cuts off"
+        if not closed:
+            resumed = Reader(b.url, path)
+            resumed.offset = offset
+            await asyncio.wait_for(resumed.read(), TIMEOUT)
+            received.extend(resumed.messages)
+        assert received == list(range(count))
+    finally:
+        a.stop()
+        b.stop()

@@ -332,3 +332,13 @@ async def test_follower_times_out_without_data_and_recovers_after_overflow(monke
             await streams.aappend("t/slow", str(i))
         batch = await follower.next(10)  # its queue overflowed: it re-reads the database
     assert batch.body == b"01234"
+
+
+async def test_a_follower_does_not_carry_on_into_a_recreated_stream():
+    await streams.acreate("t/again", content_type="text/plain", data="old")
+    async with Follower("t/again", START) as follower:
+        await follower.next(None)
+        await streams.adelete("t/again")
+        await streams.acreate("t/again", content_type="text/plain", data="a new stream")
+        with pytest.raises(StreamNotFound):
+            await follower.next(10)

@@ -266,3 +266,30 @@ async def test_a_session_cookie_from_a_foreign_origin_cannot_even_read(settings,
     await same.connect()
     assert json.loads(await same.receive_from()) == {"event": "data", "data": "mine"}
     await same.disconnect()
+
+
+async def test_a_daphne_socket_without_scheme_from_its_own_site_may_use_the_session(async_client):
+    from durable_sessions.auth import same_origin_or_allowed
+
+    scope = {
+        "type": "websocket",
+        "headers": [(b"host", b"chat.example"), (b"origin", b"https://chat.example")],
+    }
+    assert same_origin_or_allowed(scope, [])
+    uvicorn_scope = {**scope, "scheme": "wss"}
+    assert same_origin_or_allowed(uvicorn_scope, [])
+    assert not same_origin_or_allowed({**scope, "scheme": "ws"}, [])  # http page expected
+    foreign = {
+        "type": "websocket",
+        "headers": [(b"host", b"chat.example"), (b"origin", b"https://evil.example")],
+    }
+    assert not same_origin_or_allowed(foreign, [])
+
+
+async def test_a_repeated_offset_is_refused(public):
+    ws = WebsocketCommunicator(
+        APP, "/ws/v1/stream/ws/x?offset=-1&offset=now", headers=[(b"host", b"localhost")]
+    )
+    await ws.connect()
+    assert json.loads(await ws.receive_from())["code"] == "invalid_query"
+    assert (await ws.receive_output())["code"] == 4400
