@@ -16,7 +16,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from durable_sessions.streams.http import ASGIReceive, ASGISend, StreamsApp
+from durable_sessions.streams.http import StreamsApp
+from durable_sessions.streams.httpio import ASGIReceive, ASGISend
 from durable_sessions.streams.store import reset_store
 from durable_sessions.streams.ws import StreamSocket
 

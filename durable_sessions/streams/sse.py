@@ -21,7 +21,7 @@ from typing import Any
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.content import is_text
 from durable_sessions.streams.errors import StreamError
-from durable_sessions.streams.http import Request
+from durable_sessions.streams.httpio import Request
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, current_cursor, next_cursor
 from durable_sessions.streams.records import ReadResult

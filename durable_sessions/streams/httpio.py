@@ -1,0 +1,182 @@
+"""HTTP plumbing for the stream protocol: the request, complete responses, browser headers.
+
+Every response the protocol sends, errors included, carries the browser security headers and,
+for an allowed ``Origin``, the CORS headers; ``Vary: Origin`` always.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from durable_sessions.conf import ds_settings
+from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
+from durable_sessions.streams.permissions import Caller
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+
+EXPOSED_HEADERS = (
+    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
+    "Stream-Expires-At, Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, "
+    "Producer-Expected-Seq, Producer-Received-Seq, ETag, Location, Content-Type"
+)
+ALLOWED_HEADERS = (
+    "Content-Type, Authorization, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Closed, "
+    "Stream-Seq, Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, Producer-Id, "
+    "Producer-Epoch, Producer-Seq, Last-Event-ID"
+)
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+CATCH_UP_CACHE = "max-age=60, stale-while-revalidate=300"
+
+
+class ClientGone(Exception):
+    """The client disconnected before we finished reading its request."""
+
+
+class Request:
+    """The parts of an ASGI HTTP scope the protocol uses."""
+
+    __slots__ = ("caller", "headers", "method", "path", "query", "receive", "scope", "send")
+
+    def __init__(
+        self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        self.path = path
+        self.headers: dict[str, str] = {}
+        for key, value in scope.get("headers", ()):
+            name = key.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            self.headers[name] = f"{self.headers[name]}, {text}" if name in self.headers else text
+        self.query = parse_qsl(
+            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        self.caller = Caller(scope)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def param(self, name: str) -> str | None:
+        """A query parameter that may appear at most once."""
+        values = [value for key, value in self.query if key == name]
+        if len(values) > 1:
+            raise BadRequest(f"the {name!r} parameter appears more than once", code="invalid_query")
+        return values[0] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        declared = self.header("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise BadRequest("invalid Content-Length", code="invalid_content_length")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def url(self) -> str:
+        """The absolute URL of this stream (for ``Location``)."""
+        scheme = self.scope.get("scheme", "http")
+        host = self.header("host")
+        if not host:
+            server = self.scope.get("server") or ("localhost", None)
+            host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+        prefix = self.scope.get("root_path", "") + self.scope.get("ds_prefix", "/v1/stream/")
+        return f"{scheme}://{host}{prefix}{quote(self.path, safe='/')}"
+
+
+class MethodNotAllowed(StreamError):
+    status = 405
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Allow": ALLOWED_METHODS})
+
+
+def security_headers() -> list[tuple[str, str]]:
+    return [
+        ("x-content-type-options", "nosniff"),
+        ("cross-origin-resource-policy", ds_settings.CROSS_ORIGIN_RESOURCE_POLICY),
+    ]
+
+
+def cors_headers(request: Request) -> list[tuple[str, str]]:
+    """Security headers, plus CORS headers for an allowed ``Origin``.
+
+    Every response says ``Vary: Origin``: with or without ``Origin`` a request gets different
+    headers, so a shared cache must not answer one with the other's response.
+    """
+    headers = [*security_headers(), ("vary", "Origin")]
+    origin = request.header("origin")
+    if origin is None:
+        return headers
+    allowed = ds_settings.CORS_ALLOWED_ORIGINS
+    if origin in allowed:
+        headers += [
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-credentials", "true"),
+        ]
+    elif "*" in allowed:
+        headers.append(("access-control-allow-origin", "*"))
+    else:
+        return headers
+    headers.append(("access-control-expose-headers", EXPOSED_HEADERS))
+    return headers
+
+
+def preflight_headers(request: Request) -> list[tuple[str, str]]:
+    requested = request.header("access-control-request-headers")
+    return [
+        ("access-control-allow-methods", ALLOWED_METHODS),
+        ("access-control-allow-headers", requested or ALLOWED_HEADERS),
+        ("access-control-max-age", "86400"),
+    ]
+
+
+async def respond(
+    send: ASGISend,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+    *,
+    head: bool = False,
+) -> None:
+    """Send a complete response."""
+    if status not in (204, 304) and not head:
+        headers = [*headers, ("content-length", str(len(body)))]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def respond_error(
+    send: ASGISend, exc: StreamError, extra: list[tuple[str, str]], *, head: bool = False
+) -> None:
+    headers = [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        *extra,
+        *((name.lower(), value) for name, value in exc.headers.items()),
+    ]
+    await respond(send, exc.status, headers, json.dumps(exc.as_json()).encode(), head=head)
