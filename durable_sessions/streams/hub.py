@@ -161,6 +161,11 @@ class Hub:
         """Whether this loop has live readers of ``stream_id``."""
         return stream_id in self._subscriptions
 
+    def reread(self, stream_id: int) -> None:
+        """Make the live readers of ``stream_id`` read the database once."""
+        for subscription in tuple(self._subscriptions.get(stream_id, ())):
+            subscription.wake_to_reread()
+
     def resync(self) -> None:
         """Make every live reader re-read the database (notices may have been lost)."""
         for subscriptions in self._subscriptions.values():

@@ -52,6 +52,7 @@ ANNOUNCE_INTERVAL = 20.0
 INTEREST_TTL = 60.0
 PAYLOAD_LIMIT = 64 * 1024  # bytes of entries carried in one message; larger: readers re-read
 RETRY_DELAY = 0.5
+INTEREST_SETTLE = 0.25  # seconds after announcing an interest when local readers reread once
 
 ORIGIN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -262,6 +263,9 @@ class HubLink:
             await self.layer.group_send(
                 CONTROL_GROUP, {"type": INTEREST, "o": ORIGIN, "s": [stream_id]}
             )
+            # Writers learn of this interest a moment after it is sent: whatever they committed
+            # meanwhile was not relayed. One reread shortly after closes that gap quickly.
+            self.hub.loop.call_later(INTEREST_SETTLE, self.hub.reread, stream_id)
         except Exception as exc:
             logger.warning("could not follow stream %s on the channel layer: %r", stream_id, exc)
 
