@@ -125,7 +125,7 @@ class Database:
     def insert_many(
         self, cur: Any, table: str, columns: dict[str, str], rows: list[tuple], suffix: str = ""
     ) -> None:
-        """Insert ``rows`` with one statement. ``columns`` maps each column to its SQL type.
+        """Insert ``rows``. ``columns`` maps each column to its SQL type.
 
         Postgres gets one array per column and ``unnest`` turns them back into rows: one
         statement to plan and run, however many rows. A few rows go as plain statements, which

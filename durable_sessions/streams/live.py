@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 
 from durable_sessions.streams.content import is_json
-from durable_sessions.streams.errors import StreamNotFound
+from durable_sessions.streams.errors import BadRequest, StreamNotFound
 from durable_sessions.streams.hub import Subscription, get_hub
 from durable_sessions.streams.offsets import NOW, Position
 from durable_sessions.streams.records import Notice, ReadResult, StoredEntry, StreamInfo
@@ -66,7 +66,13 @@ class Follower:
         if known is not None:
             self._subscribe(known)
         offset = NOW if self.position is None else self.position
-        result = await aread(self.path, offset)
+        try:
+            result = await aread(self.path, offset)
+        except BadRequest as exc:
+            if self.info is None or exc.code != "offset_beyond_tail":
+                raise
+            # A stream never shrinks: this path names another stream now.
+            raise StreamNotFound(f"stream {self.path!r} was deleted (and created again)") from None
         if self._subscription is None or self._subscription.stream_id != result.info.id:
             self._subscribe(result.info.id)  # the path names a new stream: read it again
             result = await aread(self.path, offset)

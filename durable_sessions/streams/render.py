@@ -25,13 +25,16 @@ def batch_key(result: ReadResult) -> tuple:
 class RenderCache:
     """A small LRU map from batch keys to renderings, bounded in count and in bytes.
 
-    A rendering bigger than a tenth of the budget (a catch-up page) is made but not kept: those
-    go to one reader, not to many.
+    A rendering of more than ``max_item`` bytes (a catch-up page) is made but not kept: those go
+    to one reader, not to many. Weights are the stored bytes (renderings run a little larger).
     """
 
-    def __init__(self, size: int = 512, max_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self, size: int = 512, max_bytes: int = 16 * 1024 * 1024, max_item: int = 64 * 1024
+    ) -> None:
         self.size = size
         self.max_bytes = max_bytes
+        self.max_item = max_item
         self._bytes = 0
         self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -44,7 +47,7 @@ class RenderCache:
                 self._items.move_to_end(key)
                 return found[0]  # type: ignore[return-value]
         made = make()
-        if weight > self.max_bytes // 10:
+        if weight > self.max_item:
             return made
         with self._lock:
             if key not in self._items:

@@ -131,8 +131,10 @@ def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> 
             socket.stalled = True
             socket.sending_since = None
             socket.pump.cancel()
-    if not loop.is_closed():
-        loop.call_later(1.0, _check_stalls, loop, sockets)
+    if not sockets or loop.is_closed():  # the next socket starts the timer again
+        _watched.pop(loop, None)
+        return
+    loop.call_later(1.0, _check_stalls, loop, sockets)
 
 
 class StreamSocket(AsyncWebsocketConsumer):
@@ -144,20 +146,40 @@ class StreamSocket(AsyncWebsocketConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.main_task = asyncio.current_task()
         self.stalled = False
+        self.ending = False
+        self.pump = None
+        self.follower = None
+        self.pending = set()
+        self.sending_since = None
+        self._sending = 0
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            if not self.stalled:
+            if not self.ending:
                 raise
+        finally:  # however the connection ends: no subscription and no task is left behind
+            if self.pump is not None:
+                self.pump.cancel()
+            for task in list(self.pending):
+                task.cancel()
+            if self.follower is not None:
+                self.follower.close()
+
+    async def end(self, code: int, reason: str = "") -> None:
+        """Close the socket; if even the close frame cannot be queued, drop the connection
+        (the server then sends what it holds and closes)."""
+        try:
+            async with asyncio.timeout(1):
+                await self.close(code=code, reason=reason)
+        except Exception:
+            self.ending = True
+            if self.main_task is not None:
+                self.main_task.cancel()
 
     async def connect(self) -> None:
-        self.follower: Follower | None = None
-        self.pump: asyncio.Task | None = None
-        self.pending: set[asyncio.Future] = set()
         self.content_type = ""
         self.may_append = False
         self.caller = Caller(self.scope, cross_site_reads=False)
-        self.sending_since: float | None = None
         self.delivered: Any = None
         await self.accept()
         try:
@@ -179,7 +201,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             first = await self.follower.next(None)
         except StreamError as exc:
             await self.send_error(exc)
-            await self.close(code=close_code(exc))
+            await self.end(close_code(exc))
             return
         self.content_type = first.info.content_type
         self.delivered = first.start
@@ -211,7 +233,7 @@ class StreamSocket(AsyncWebsocketConsumer):
                     await asyncio.sleep(CLOSED_GRACE)
                     if self.pending:
                         await asyncio.wait(self.pending, timeout=CLOSED_GRACE)
-                    await self.close(code=CLOSE_CODES["done"])
+                    await self.end(CLOSE_CODES["done"])
                     return
                 batch = await self.follower.next(None)
                 if batch is not None:
@@ -221,26 +243,25 @@ class StreamSocket(AsyncWebsocketConsumer):
                 raise
             # The client stopped reading: tell it where to resume, if it can still hear it (the
             # offset whose control frame reached the socket, not what the follower read).
-            try:
-                async with asyncio.timeout(1):
-                    await self.close(code=CLOSE_CODES["too_slow"], reason=str(self.delivered))
-            except Exception:
-                # Even the close frame cannot be queued: end the connection. The server sends
-                # what it holds, then closes; the client resumes from its last control frame.
-                if self.main_task is not None:
-                    self.main_task.cancel()
+            await self.end(CLOSE_CODES["too_slow"], str(self.delivered))
         except StreamError as exc:
             await self.send_error(exc)
-            await self.close(code=close_code(exc))
+            await self.end(close_code(exc))
         except Exception:
             logger.exception("websocket follower of %s failed", self.path)
-            await self.close(code=CLOSE_CODES["internal_error"])
+            await self.end(CLOSE_CODES["internal_error"])
 
     async def send_frame(self, text: str) -> None:
         """Send a frame; the watchdog ends a send that stays blocked (a reader not reading)."""
-        self.sending_since = asyncio.get_running_loop().time()
-        await self.base_send({"type": "websocket.send", "text": text})
-        self.sending_since = None
+        if not self._sending:
+            self.sending_since = asyncio.get_running_loop().time()
+        self._sending += 1
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self.sending_since = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale Django connections before every message. Only the handshake
@@ -272,7 +293,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             ref = frame.get("id")
             op = frame.get("op")
             if op == "ping":
-                await self.send(text_data=compact({"event": "pong", "id": ref}))
+                await self.send_frame(compact({"event": "pong", "id": ref}))
             elif op == "append":
                 await self.append(frame, ref)
             else:
@@ -362,7 +383,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             ack["producerEpoch"] = result.producer_epoch
             ack["producerSeq"] = result.producer_seq
         with contextlib.suppress(Exception):  # the client may be gone; the append stands
-            await self.send(text_data=compact(ack))
+            await self.send_frame(compact(ack))
 
     async def send_error(self, exc: StreamError, ref: Any = None) -> None:
         frame = {
@@ -375,4 +396,4 @@ class StreamSocket(AsyncWebsocketConsumer):
         if exc.headers:
             frame["headers"] = exc.headers
         with contextlib.suppress(Exception):
-            await self.send(text_data=compact(frame))
+            await self.send_frame(compact(frame))

@@ -334,11 +334,13 @@ async def test_follower_times_out_without_data_and_recovers_after_overflow(monke
     assert batch.body == b"01234"
 
 
-async def test_a_follower_does_not_carry_on_into_a_recreated_stream():
+@pytest.mark.parametrize("new_data", ["a longer new stream", ""])
+async def test_a_follower_does_not_carry_on_into_a_recreated_stream(new_data):
     await streams.acreate("t/again", content_type="text/plain", data="old")
+    await streams.aappend("t/again", "er")
     async with Follower("t/again", START) as follower:
         await follower.next(None)
         await streams.adelete("t/again")
-        await streams.acreate("t/again", content_type="text/plain", data="a new stream")
-        with pytest.raises(StreamNotFound):
+        await streams.acreate("t/again", content_type="text/plain", data=new_data)
+        with pytest.raises(StreamNotFound):  # shorter than our position, or not
             await follower.next(10)
