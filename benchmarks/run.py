@@ -112,8 +112,9 @@ def server_command(name: str, port: int, data_dir: str) -> list[str]:
     bindir = Path(sys.executable).parent
     app = "project.asgi:application"
     if name == "uvicorn":
-        quiet = ["--no-access-log", "--log-level", "warning"]
-        return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *quiet, app]
+        # As docs/deployment.md recommends (no permessage-deflate: ~64 KB per idle socket).
+        flags = ["--no-access-log", "--log-level", "warning", "--ws-per-message-deflate", "false"]
+        return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *flags, app]
     if name == "daphne":  # -v 0: no access log, like uvicorn above
         return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
     extra = [data_dir] if name == "ref-file" else []
