@@ -344,3 +344,28 @@ async def test_a_follower_does_not_carry_on_into_a_recreated_stream(new_data):
         await streams.acreate("t/again", content_type="text/plain", data=new_data)
         with pytest.raises(StreamNotFound):  # shorter than our position, or not
             await follower.next(10)
+
+
+async def test_two_writer_threads_keep_every_stream_gap_free_and_in_order(settings):
+    from durable_sessions.streams.store import get_store, reset_store
+
+    await asyncio.to_thread(reset_store)
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "WRITER_THREADS": 2}
+    try:
+        store = get_store()
+        assert len(store.writers) == (2 if store.database.is_postgres else 1)
+        paths = [f"t/two/{n}" for n in range(8)]
+        await asyncio.gather(*(streams.acreate(p, content_type="application/json") for p in paths))
+        if store.database.is_postgres:  # the streams really are spread over both writers
+            assert {id(store.writer_for(p)) for p in paths} == {id(w) for w in store.writers}
+
+        async def writer(path: str) -> None:
+            for i in range(25):
+                await streams.aappend_json(path, [i])
+
+        await asyncio.gather(*(writer(p) for p in paths))
+        for path in paths:
+            result = await streams.aread(path)
+            assert result.messages() == list(range(25)) and result.next.seq == 25
+    finally:
+        await asyncio.to_thread(reset_store)
