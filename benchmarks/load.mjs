@@ -356,6 +356,8 @@ async function wsFanout({ subscribers = 1000, rate = 50, seconds = 10, concurren
   const start = performance.now();
   const writes = [];
   let failed = 0;
+  const failures = {}; // why appends failed: status or error code -> count
+  const fail = (why) => { failed++; failures[why] = (failures[why] || 0) + 1; };
   for (let i = 0; i < total; i++) {
     const due = start + i * interval;
     const wait = due - performance.now();
@@ -363,7 +365,10 @@ async function wsFanout({ subscribers = 1000, rate = 50, seconds = 10, concurren
     sentAt[i] = performance.now();
     const body = JSON.stringify({ id: i });
     writes.push(request("POST", path, { headers: { "content-type": "application/json" }, body })
-      .then((res) => { if (res.status !== 204 && res.status !== 200) failed++; }, () => { failed++; }));
+      .then(
+        (res) => { if (res.status !== 204 && res.status !== 200) fail(`status ${res.status}`); },
+        (err) => { fail(err.code || err.message); },
+      ));
   }
   await Promise.all(writes);
   await Promise.race([allComplete, sleep(drain * 1000)]);
@@ -381,6 +386,7 @@ async function wsFanout({ subscribers = 1000, rate = 50, seconds = 10, concurren
     error_frames: errors,
     closed_early: closes,
     failed,
+    failures,
     subscribers,
     messages: total,
     connect_s: connectSeconds,

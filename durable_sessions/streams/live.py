@@ -16,6 +16,7 @@ it has already delivered by sequence number, so nothing is delivered twice.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from durable_sessions.streams.content import is_json
 from durable_sessions.streams.errors import BadRequest, StreamNotFound
@@ -30,9 +31,15 @@ _stream_ids: dict[str, int] = {}  # path -> last known stream id (a hint, checke
 class Follower:
     """Reads ``path`` from ``start`` (None: from the tail) and keeps following it."""
 
-    def __init__(self, path: str, start: Position | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        start: Position | None,
+        direct: Callable[[list[Notice]], bool] | None = None,
+    ) -> None:
         self.path = path
         self.position = start
+        self.direct = direct  # see Subscription.direct: takes notices while next() waits
         self.info: StreamInfo | None = None
         self._subscription: Subscription | None = None
         self._from_db = True
@@ -57,6 +64,7 @@ class Follower:
             return
         self.close()
         self._subscription = get_hub().subscribe(stream_id)
+        self._subscription.direct = self.direct
         if len(_stream_ids) > 100_000:
             _stream_ids.clear()
         _stream_ids[self.path] = stream_id
@@ -112,14 +120,20 @@ class Follower:
                 if remaining <= 0 or not await subscription.wait(remaining):
                     return None
             notices, reread = subscription.take()  # (a quiet hub also asks for a reread)
-            batch = None if reread else self._from_notices(notices)
+            batch = None if reread else self.advance(notices)
             if batch is None:
                 self._from_db = True
             elif batch.count or batch.closed:
                 return batch
 
-    def _from_notices(self, notices: list[Notice]) -> ReadResult | None:
-        """A batch continuing exactly at the position, or None when the database must say."""
+    @property
+    def live(self) -> bool:
+        """Whether the position is the tail as last known (the next batch comes from notices)."""
+        return not self._from_db and not self._first
+
+    def advance(self, notices: list[Notice]) -> ReadResult | None:
+        """The batch ``notices`` make, continuing exactly at the position, which moves past it;
+        None when the database must say instead (a gap, bytes not carried, a deletion)."""
         position = self.position
         assert position is not None and self.info is not None
         entries: list[StoredEntry] = []

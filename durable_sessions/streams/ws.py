@@ -1,33 +1,18 @@
 """The stream over a websocket: ``ws://host/ws/v1/stream/<path>?offset=X`` (a Channels consumer).
 
-Server to client, the same pairs as SSE, as JSON text frames::
-
-    {"event": "data", "data": [...messages...]}          (text streams: a string;
-                                                            binary: base64, "encoding": "base64")
-    {"event": "control", "data": {"streamNextOffset": ..., "upToDate": ..., "streamClosed": ...}}
-
-Client to server::
-
-    {"op": "append", "id": <ref>, "data": <message or array>, "producer"?: {"id","epoch","seq"},
-     "seq"?: <Stream-Seq>, "close"?: true}
-        -> {"event": "ack", "id": <ref>, "streamNextOffset": ..., ...}
-        or {"event": "error", "id": <ref>, "status": N, "code": ..., "message": ...}
-    {"op": "ping", "id"?: <ref>}  -> {"event": "pong", "id": <ref>}
-
-Appends are queued on the writer in the order their frames arrive and acknowledged after their
-commit, many in flight at once. Frames go out as their data is committed; a reader that falls
-behind reads from the database in pages, and one whose socket stays blocked for
-``WEBSOCKET_SEND_TIMEOUT`` is closed with 4008 and the offset to resume from. Close codes are
-in ``CLOSE_CODES`` (and docs/websocket.md).
+A connection follows one stream from an offset and may append to it; its frames are in
+``wsframes.py``. Appends are queued on the writer in the order their frames arrive and
+acknowledged after their commit, many in flight at once. Frames go out as their data is
+committed: a socket that is caught up is sent new data straight from the hub's pass over the
+stream's readers (``send_now``), without a task wake-up per socket; a reader that falls behind
+reads from the database in pages, and one whose socket stays blocked for
+``WEBSOCKET_SEND_TIMEOUT`` is closed with 4008 and the offset to resume from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import weakref
 from typing import Any
@@ -39,70 +24,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from durable_sessions.auth import host_allowed
 from durable_sessions.conf import ds_settings
-from durable_sessions.streams import protocol
-from durable_sessions.streams.commit import AppendOp
-from durable_sessions.streams.content import Payload, dump_message, is_json, is_text
-from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
+from durable_sessions.streams import eager, protocol, wsframes
+from durable_sessions.streams.errors import BadRequest, StreamError
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, parse_read_offset
 from durable_sessions.streams.permissions import APPEND, READ, Caller
-from durable_sessions.streams.records import ReadResult
-from durable_sessions.streams.render import RenderCache, batch_key
+from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
 
 logger = logging.getLogger("durable_sessions.streams.ws")
 
-CLOSE_CODES = {
-    "done": 1000,  # the stream is closed and everything was sent
-    "too_slow": 4008,  # the client did not read for WEBSOCKET_SEND_TIMEOUT: resume from reason
-    "bad_request": 4400,  # a bad path or offset in the URL
-    "not_authenticated": 4401,
-    "permission_denied": 4403,  # the policy, or a foreign Origin with a session cookie
-    "stream_not_found": 4404,
-    "stream_gone": 4410,  # deleted while followed (or soft-deleted)
-    "internal_error": 1011,
-}
 CLOSED_GRACE = 1.0  # seconds a socket stays open after the end of its stream
 MAX_IN_FLIGHT = 256  # unacknowledged appends per connection before we stop reading frames
-
-
-def compact(value: Any) -> str:
-    """A frame's JSON text, without spaces."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def close_code(exc: StreamError) -> int:
-    """The close code for an error that ends a connection."""
-    by_status = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 410: 4410}
-    return by_status.get(exc.status, 1011)
-
-
-_frames = RenderCache()
-
-
-def frames(result: ReadResult) -> tuple[str | None, str]:
-    """The data and control frames of a batch, rendered once for all readers at that position."""
-    return _frames.get(batch_key(result), lambda: _render(result), len(result.data))
-
-
-def _render(result: ReadResult) -> tuple[str | None, str]:
-    data = None
-    if result.count:
-        if is_json(result.info.content_type):
-            payload = result.body.decode()
-            data = f'{{"event":"data","data":{payload}}}'
-        elif is_text(result.info.content_type):
-            text = json.dumps(result.body.decode("utf-8", errors="replace"), ensure_ascii=False)
-            data = f'{{"event":"data","data":{text}}}'
-        else:
-            encoded = base64.b64encode(result.body).decode()
-            data = f'{{"event":"data","data":"{encoded}","encoding":"base64"}}'
-    control: dict[str, Any] = {"streamNextOffset": str(result.next)}
-    if result.up_to_date or result.closed:
-        control["upToDate"] = True
-    if result.closed:
-        control["streamClosed"] = True
-    return data, compact({"event": "control", "data": control})
 
 
 _watched: dict[asyncio.AbstractEventLoop, weakref.WeakSet] = {}
@@ -130,7 +63,7 @@ def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> 
             logger.info("websocket reader of %s stopped reading; closing it", socket.path)
             socket.stalled = True
             socket.sending_since = None
-            socket.pump.cancel()
+            socket.pump.cancel()  # it cancels the held-up send, wherever that is
     if not sockets or loop.is_closed():  # the next socket starts the timer again
         _watched.pop(loop, None)
         return
@@ -148,6 +81,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.stalled = False
         self.ending = False
         self.pump = None
+        self.sending = None  # a direct send (send_now) that had to wait, continuing in a task
         self.follower = None
         self.pending = set()
         self.sending_since = None
@@ -158,8 +92,9 @@ class StreamSocket(AsyncWebsocketConsumer):
             if not self.ending:
                 raise
         finally:  # however the connection ends: no subscription and no task is left behind
-            if self.pump is not None:
-                self.pump.cancel()
+            for task in (self.pump, self.sending):
+                if task is not None:
+                    task.cancel()
             for task in list(self.pending):
                 task.cancel()
             if self.follower is not None:
@@ -197,11 +132,11 @@ class StreamSocket(AsyncWebsocketConsumer):
             start = parse_read_offset(query.get("offset"))
             await self.caller.authorize(READ, path)
             self.path = path
-            self.follower = Follower(path, None if start == NOW else start)
+            self.follower = Follower(path, None if start == NOW else start, self.send_now)
             first = await self.follower.next(None)
         except StreamError as exc:
             await self.send_error(exc)
-            await self.end(close_code(exc))
+            await self.end(wsframes.close_code(exc))
             return
         self.content_type = first.info.content_type
         self.delivered = first.start
@@ -217,39 +152,88 @@ class StreamSocket(AsyncWebsocketConsumer):
     # -- reading -------------------------------------------------------------------------------
 
     async def follow(self, first: ReadResult) -> None:
-        """Send every batch after the offset, as it comes; close after the end of the stream."""
+        """Send every batch after the offset, as it comes; close after the end of the stream.
+
+        While this waits for the next batch, the hub may hand new data to ``send_now`` instead,
+        which sends it without waking this task.
+        """
         assert self.follower is not None
         result = first
         try:
             while True:
-                data, control = frames(result)
-                if data is not None:
-                    await self.send_frame(data)
-                await self.send_frame(control)
-                self.delivered = result.next  # handed to the socket, control frame included
+                if self.sending is not None:  # a direct send still under way goes first
+                    await self.sending
+                await self.send_batch(result)
                 if result.closed:
                     # The end of the stream. Frames the client sent before it heard of the end
                     # still get their answer (an append: 409): close after a grace period.
                     await asyncio.sleep(CLOSED_GRACE)
                     if self.pending:
                         await asyncio.wait(self.pending, timeout=CLOSED_GRACE)
-                    await self.end(CLOSE_CODES["done"])
+                    await self.end(wsframes.CLOSE_CODES["done"])
                     return
                 batch = await self.follower.next(None)
                 if batch is not None:
                     result = batch
         except asyncio.CancelledError:
+            if self.sending is not None:
+                self.sending.cancel()
             if not self.stalled:
                 raise
             # The client stopped reading: tell it where to resume, if it can still hear it (the
             # offset whose control frame reached the socket, not what the follower read).
-            await self.end(CLOSE_CODES["too_slow"], str(self.delivered))
+            await self.end(wsframes.CLOSE_CODES["too_slow"], str(self.delivered))
         except StreamError as exc:
             await self.send_error(exc)
-            await self.end(close_code(exc))
+            await self.end(wsframes.close_code(exc))
         except Exception:
             logger.exception("websocket follower of %s failed", self.path)
-            await self.end(CLOSE_CODES["internal_error"])
+            await self.end(wsframes.CLOSE_CODES["internal_error"])
+
+    async def send_batch(self, result: ReadResult) -> None:
+        """Send a batch's data and control frames."""
+        data, control = wsframes.frames(result)
+        if data is not None:
+            await self.send_frame(data)
+        await self.send_frame(control)
+        self.delivered = result.next  # handed to the socket, control frame included
+
+    def send_now(self, notices: list[Notice]) -> bool:
+        """Send the data of new notices from the hub's own pass (see Subscription.direct).
+
+        Only while ``follow`` is waiting with nothing queued, and only plain data continuing at
+        the position: anything else (a gap, the end of the stream, a send still held up) is
+        declined, and ``follow`` takes it from the queue as usual. A send that has to wait goes
+        on in a task (``self.sending``) that ``follow`` waits for before its next batch.
+        """
+        follower = self.follower
+        if self.sending is not None or follower is None or not follower.live:
+            return False
+        if any(notice.closed or notice.deleted for notice in notices):
+            return False
+        result = follower.advance(notices)
+        if result is None:
+            return False
+        if result.count:
+            try:
+                self.sending = eager.start(self.send_direct(result))
+            except Exception:  # send_direct handles its own errors; this is a last resort
+                logger.exception("websocket direct send on %s failed", self.path)
+            if self.sending is not None:
+                self.sending.add_done_callback(self._direct_sent)
+        return True
+
+    async def send_direct(self, result: ReadResult) -> None:
+        try:
+            await self.send_batch(result)
+        except Exception:
+            logger.exception("websocket direct send on %s failed", self.path)
+            if self.pump is not None:
+                self.pump.cancel()
+            await self.end(wsframes.CLOSE_CODES["internal_error"])
+
+    def _direct_sent(self, task: asyncio.Task) -> None:
+        self.sending = None
 
     async def send_frame(self, text: str) -> None:
         """Send a frame; the watchdog ends a send that stays blocked (a reader not reading)."""
@@ -280,20 +264,11 @@ class StreamSocket(AsyncWebsocketConsumer):
             return  # refused at connect; the close is on its way
         ref = None
         try:
-            if text_data is None:
-                raise BadRequest("frames are JSON text", code="invalid_frame")
-            if len(text_data) > ds_settings.MAX_APPEND_BYTES * 2 + 65536:
-                raise PayloadTooLarge("frame too large")
-            try:
-                frame = json.loads(text_data)
-            except ValueError:
-                raise BadRequest("frames are JSON text", code="invalid_frame") from None
-            if not isinstance(frame, dict):
-                raise BadRequest("a frame is a JSON object", code="invalid_frame")
+            frame = wsframes.parse_frame(text_data)
             ref = frame.get("id")
             op = frame.get("op")
             if op == "ping":
-                await self.send_frame(compact({"event": "pong", "id": ref}))
+                await self.send_frame(wsframes.compact({"event": "pong", "id": ref}))
             elif op == "append":
                 await self.append(frame, ref)
             else:
@@ -305,16 +280,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         if not self.may_append:  # the policy is asked once per connection
             await self.caller.authorize(APPEND, self.path)
             self.may_append = True
-        op = AppendOp(
-            self.path,
-            self.payload(frame),
-            None,
-            frame.get("close") is True,
-            self.stream_seq(frame),
-            self.producer(frame),
-        )
-        if op.payload is None and not op.close:
-            raise BadRequest("an append needs data", code="empty_body")
+        op = wsframes.append_op(frame, self.path, self.content_type)
         check_op(op)
         if len(self.pending) >= MAX_IN_FLIGHT:  # stop reading frames until acks drain
             await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
@@ -324,76 +290,15 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    def payload(self, frame: dict[str, Any]) -> Payload | None:
-        if "data" not in frame:
-            return None
-        data = frame["data"]
-        if is_json(self.content_type):
-            messages = data if isinstance(data, list) else [data]
-            if not messages:
-                raise BadRequest("empty JSON array: an append needs messages", code="empty_array")
-            texts = [dump_message(message) for message in messages]
-            return Payload(b",".join(texts), len(texts))
-        if not isinstance(data, str):
-            raise BadRequest("data must be a string on a non-JSON stream", code="invalid_frame")
-        if frame.get("encoding") == "base64":
-            try:
-                raw = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("invalid base64 data", code="invalid_frame") from None
-        else:
-            raw = data.encode()
-        return Payload(raw, 1) if raw else None
-
-    @staticmethod
-    def stream_seq(frame: dict[str, Any]) -> str | None:
-        seq = frame.get("seq")
-        if seq is not None and not isinstance(seq, str):
-            raise BadRequest("seq must be a string", code="invalid_stream_seq")
-        return protocol.parse_stream_seq(seq)
-
-    @staticmethod
-    def producer(frame: dict[str, Any]) -> tuple[str, int, int] | None:
-        producer = frame.get("producer")
-        if producer is None:
-            return None
-        if not isinstance(producer, dict):
-            raise BadRequest("producer is {id, epoch, seq}", code="invalid_producer")
-        values = [producer.get(key) for key in ("id", "epoch", "seq")]
-        if not isinstance(values[0], str) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values[1:]
-        ):
-            raise BadRequest(
-                "producer is {id: string, epoch: int, seq: int}", code="invalid_producer"
-            )
-        return protocol.parse_producer(values[0], str(values[1]), str(values[2]))
-
     async def acknowledge(self, waiter: asyncio.Future, ref: Any) -> None:
         try:
             result = await waiter
         except StreamError as exc:
             await self.send_error(exc, ref)
             return
-        ack: dict[str, Any] = {"event": "ack", "id": ref, "streamNextOffset": str(result.next)}
-        if result.closed:
-            ack["streamClosed"] = True
-        if result.duplicate:
-            ack["duplicate"] = True
-        if result.producer_epoch is not None:
-            ack["producerEpoch"] = result.producer_epoch
-            ack["producerSeq"] = result.producer_seq
         with contextlib.suppress(Exception):  # the client may be gone; the append stands
-            await self.send_frame(compact(ack))
+            await self.send_frame(wsframes.ack_frame(result, ref))
 
     async def send_error(self, exc: StreamError, ref: Any = None) -> None:
-        frame = {
-            "event": "error",
-            "id": ref,
-            "status": exc.status,
-            "code": exc.code,
-            "message": exc.message,
-        }
-        if exc.headers:
-            frame["headers"] = exc.headers
         with contextlib.suppress(Exception):
-            await self.send_frame(compact(frame))
+            await self.send_frame(wsframes.error_frame(exc, ref))

@@ -369,3 +369,31 @@ async def test_two_writer_threads_keep_every_stream_gap_free_and_in_order(settin
             assert result.messages() == list(range(25)) and result.next.seq == 25
     finally:
         await asyncio.to_thread(reset_store)
+
+
+async def test_a_follower_hands_live_notices_to_its_direct_reader_while_it_waits():
+    """A reader that takes notices directly (websockets do) gets them without next() waking;
+    what it declines is queued for next() as usual."""
+    await streams.acreate("t/direct", content_type="text/plain")
+    taken: list[bytes] = []
+    accept = True
+
+    def direct(notices) -> bool:
+        if not accept:
+            return False
+        batch = follower.advance(notices)
+        assert batch is not None
+        taken.append(batch.body)
+        return True
+
+    async with Follower("t/direct", START, direct) as follower:
+        await follower.next(None)
+        waiting = asyncio.ensure_future(follower.next(None))
+        await asyncio.sleep(0)  # next() is waiting on its subscription now
+        await streams.aappend("t/direct", "a")
+        await streams.aappend("t/direct", "b")
+        assert taken == [b"a", b"b"] and not waiting.done()
+        accept = False
+        await streams.aappend("t/direct", "c")
+        batch = await asyncio.wait_for(waiting, 10)
+    assert batch.body == b"c" and batch.start == Position(2, 2)

@@ -1,0 +1,186 @@
+"""The websocket wire format (docs/websocket.md, WIRE.md section 5): frames in both directions.
+
+Server to client, the same pairs as SSE, as JSON text frames::
+
+    {"event": "data", "data": [...messages...]}          (text streams: a string;
+                                                            binary: base64, "encoding": "base64")
+    {"event": "control", "data": {"streamNextOffset": ..., "upToDate": ..., "streamClosed": ...}}
+
+Client to server::
+
+    {"op": "append", "id": <ref>, "data": <message or array>, "producer"?: {"id","epoch","seq"},
+     "seq"?: <Stream-Seq>, "close"?: true}
+        -> {"event": "ack", "id": <ref>, "streamNextOffset": ..., ...}
+        or {"event": "error", "id": <ref>, "status": N, "code": ..., "message": ...}
+    {"op": "ping", "id"?: <ref>}  -> {"event": "pong", "id": <ref>}
+
+A connection ends with one of ``CLOSE_CODES``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from durable_sessions.conf import ds_settings
+from durable_sessions.streams import protocol
+from durable_sessions.streams.commit import AppendOp
+from durable_sessions.streams.content import Payload, dump_message, is_json, is_text
+from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
+from durable_sessions.streams.records import Appended, ReadResult
+from durable_sessions.streams.render import RenderCache, batch_key
+
+CLOSE_CODES = {
+    "done": 1000,  # the stream is closed and everything was sent
+    "too_slow": 4008,  # the client did not read for WEBSOCKET_SEND_TIMEOUT: resume from reason
+    "bad_request": 4400,  # a bad path or offset in the URL
+    "not_authenticated": 4401,
+    "permission_denied": 4403,  # the policy, or a foreign Origin with a session cookie
+    "stream_not_found": 4404,
+    "stream_gone": 4410,  # deleted while followed (or soft-deleted)
+    "internal_error": 1011,
+}
+
+
+def compact(value: Any) -> str:
+    """A frame's JSON text, without spaces."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def close_code(exc: StreamError) -> int:
+    """The close code for an error that ends a connection."""
+    by_status = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 410: 4410}
+    return by_status.get(exc.status, 1011)
+
+
+_frames = RenderCache()
+
+
+def frames(result: ReadResult) -> tuple[str | None, str]:
+    """The data and control frames of a batch, rendered once for all readers at that position."""
+    return _frames.get(batch_key(result), lambda: _render(result), len(result.data))
+
+
+def _render(result: ReadResult) -> tuple[str | None, str]:
+    data = None
+    if result.count:
+        if is_json(result.info.content_type):
+            payload = result.body.decode()
+            data = f'{{"event":"data","data":{payload}}}'
+        elif is_text(result.info.content_type):
+            text = json.dumps(result.body.decode("utf-8", errors="replace"), ensure_ascii=False)
+            data = f'{{"event":"data","data":{text}}}'
+        else:
+            encoded = base64.b64encode(result.body).decode()
+            data = f'{{"event":"data","data":"{encoded}","encoding":"base64"}}'
+    control: dict[str, Any] = {"streamNextOffset": str(result.next)}
+    if result.up_to_date or result.closed:
+        control["upToDate"] = True
+    if result.closed:
+        control["streamClosed"] = True
+    return data, compact({"event": "control", "data": control})
+
+
+def parse_frame(text: str | None) -> dict[str, Any]:
+    """A client frame as a JSON object; BadRequest or PayloadTooLarge when it is not one."""
+    if text is None:
+        raise BadRequest("frames are JSON text", code="invalid_frame")
+    if len(text) > ds_settings.MAX_APPEND_BYTES * 2 + 65536:
+        raise PayloadTooLarge("frame too large")
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise BadRequest("frames are JSON text", code="invalid_frame") from None
+    if not isinstance(frame, dict):
+        raise BadRequest("a frame is a JSON object", code="invalid_frame")
+    return frame
+
+
+def append_op(frame: dict[str, Any], path: str, content_type: str) -> AppendOp:
+    """The append an ``append`` frame asks for, on a stream of ``content_type``."""
+    op = AppendOp(
+        path,
+        payload(frame, content_type),
+        None,
+        frame.get("close") is True,
+        stream_seq(frame),
+        producer(frame),
+    )
+    if op.payload is None and not op.close:
+        raise BadRequest("an append needs data", code="empty_body")
+    return op
+
+
+def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
+    """The bytes an append frame carries: messages on a JSON stream, else text or base64."""
+    if "data" not in frame:
+        return None
+    data = frame["data"]
+    if is_json(content_type):
+        messages = data if isinstance(data, list) else [data]
+        if not messages:
+            raise BadRequest("empty JSON array: an append needs messages", code="empty_array")
+        texts = [dump_message(message) for message in messages]
+        return Payload(b",".join(texts), len(texts))
+    if not isinstance(data, str):
+        raise BadRequest("data must be a string on a non-JSON stream", code="invalid_frame")
+    if frame.get("encoding") == "base64":
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("invalid base64 data", code="invalid_frame") from None
+    else:
+        raw = data.encode()
+    return Payload(raw, 1) if raw else None
+
+
+def stream_seq(frame: dict[str, Any]) -> str | None:
+    """The frame's ``seq`` (the HTTP ``Stream-Seq`` header), checked."""
+    seq = frame.get("seq")
+    if seq is not None and not isinstance(seq, str):
+        raise BadRequest("seq must be a string", code="invalid_stream_seq")
+    return protocol.parse_stream_seq(seq)
+
+
+def producer(frame: dict[str, Any]) -> tuple[str, int, int] | None:
+    """The frame's idempotent producer ``(id, epoch, seq)``, checked."""
+    producer = frame.get("producer")
+    if producer is None:
+        return None
+    if not isinstance(producer, dict):
+        raise BadRequest("producer is {id, epoch, seq}", code="invalid_producer")
+    values = [producer.get(key) for key in ("id", "epoch", "seq")]
+    if not isinstance(values[0], str) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values[1:]
+    ):
+        raise BadRequest("producer is {id: string, epoch: int, seq: int}", code="invalid_producer")
+    return protocol.parse_producer(values[0], str(values[1]), str(values[2]))
+
+
+def ack_frame(result: Appended, ref: Any) -> str:
+    """The answer to a committed append."""
+    ack: dict[str, Any] = {"event": "ack", "id": ref, "streamNextOffset": str(result.next)}
+    if result.closed:
+        ack["streamClosed"] = True
+    if result.duplicate:
+        ack["duplicate"] = True
+    if result.producer_epoch is not None:
+        ack["producerEpoch"] = result.producer_epoch
+        ack["producerSeq"] = result.producer_seq
+    return compact(ack)
+
+
+def error_frame(exc: StreamError, ref: Any = None) -> str:
+    """The answer to a frame that failed (or the reason a connection is about to close)."""
+    frame = {
+        "event": "error",
+        "id": ref,
+        "status": exc.status,
+        "code": exc.code,
+        "message": exc.message,
+    }
+    if exc.headers:
+        frame["headers"] = exc.headers
+    return compact(frame)

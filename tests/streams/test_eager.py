@@ -1,0 +1,85 @@
+"""Running a coroutine eagerly (durable_sessions/streams/eager.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from durable_sessions.streams import eager
+
+
+async def test_a_coroutine_that_never_waits_finishes_in_the_call_without_a_task():
+    steps = []
+
+    async def quick() -> None:
+        steps.append("ran")
+
+    assert eager.start(quick()) is None
+    assert steps == ["ran"]
+
+
+async def test_a_coroutine_that_waits_goes_on_in_a_task_with_the_result_it_waited_for():
+    gate = asyncio.get_running_loop().create_future()
+    steps = []
+
+    async def slow() -> str:
+        steps.append("before")
+        value = await gate
+        steps.append(value)
+        return "done"
+
+    task = eager.start(slow())
+    assert task is not None and steps == ["before"]
+    gate.set_result("after")
+    assert await task == "done"
+    assert steps == ["before", "after"]
+
+
+async def test_errors_before_waiting_reach_the_caller_and_after_it_the_task():
+    async def broken() -> None:
+        raise ValueError("at once")
+
+    with pytest.raises(ValueError, match="at once"):
+        eager.start(broken())
+
+    gate = asyncio.get_running_loop().create_future()
+
+    async def waits_for_an_error() -> None:
+        await gate
+
+    task = eager.start(waits_for_an_error())
+    gate.set_exception(KeyError("later"))
+    with pytest.raises(KeyError):
+        await task
+
+
+async def test_cancelling_the_task_cancels_the_coroutine_where_it_waits():
+    gate = asyncio.get_running_loop().create_future()
+    cleaned = []
+
+    async def held() -> None:
+        try:
+            await gate
+        finally:
+            cleaned.append(True)
+
+    task = eager.start(held())
+    assert task is not None
+    await asyncio.sleep(0)  # the task is waiting on the gate now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True] and gate.cancelled()
+
+
+async def test_a_coroutine_may_wait_several_times():
+    async def several() -> int:
+        total = 0
+        for _ in range(3):
+            await asyncio.sleep(0)
+            total += 1
+        return total
+
+    task = eager.start(several())
+    assert task is not None and await task == 3
