@@ -49,6 +49,7 @@ NOTICE = "ds.notice"
 INTEREST = "ds.interest"
 QUERY = "ds.query"
 ANNOUNCE_INTERVAL = 20.0
+RECEIVE_SLICE = 1.0
 INTEREST_TTL = 60.0
 PAYLOAD_LIMIT = 64 * 1024  # bytes of entries carried in one message; larger: readers re-read
 RETRY_DELAY = 0.5
@@ -65,9 +66,13 @@ def _cancelled() -> bool:
 
 
 async def receive(layer: Any, channel: str, timeout: float) -> dict[str, Any] | None:
-    """The next message on ``channel``, or None when none came within ``timeout`` seconds."""
+    """The next message on ``channel``, or None when none came within ``timeout`` seconds
+    (at most ``RECEIVE_SLICE``: the redis client can swallow a cancellation that lands in
+    the middle of its read, and a short wait bounds how long such a task lingers)."""
+    if _cancelled():
+        raise asyncio.CancelledError()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(min(timeout, RECEIVE_SLICE)):
             return await layer.receive(channel)
     except (TimeoutError, RedisTimeout):
         if _cancelled():
