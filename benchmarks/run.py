@@ -219,7 +219,7 @@ def run_scenario(name: str, quick: bool, base_url: str, proc: subprocess.Popen) 
     command = ["node", "load.mjs", SCENARIOS[name][0], base_url, json.dumps(options)]
     cpu, started = cpu_seconds(proc.pid), time.monotonic()
     if name == "ws-idle-memory":
-        result = attempt(idle_memory, command, proc.pid)
+        result = attempt(idle_memory, command, proc.pid, urlsplit(base_url).port)
     else:
         result = attempt(run_json, command, BENCH)
     # The server process's CPU over the whole client run (set-up included), in cores: a hint of
@@ -247,16 +247,25 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def socket_count(pid: int) -> int:
-    """How many sockets process ``pid`` has open."""
-    count = 0
+def connections(pid: int, port: int) -> int:
+    """How many established TCP connections on local ``port`` process ``pid`` holds."""
+    inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
-            count += os.readlink(fd).startswith("socket:")
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()  # sl local remote state ... inode (the 10th)
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                count += local_port == port and fields[3] == "01" and fields[9] in inodes
     return count
 
 
-def idle_memory(command: list[str], pid: int) -> dict:
+def idle_memory(command: list[str], pid: int, port: int) -> dict:
     """Drive ``load.mjs ws-idle``: the server's RSS after the client's warm-up and with every
     idle subscriber open (the client prints a phase line and waits for a line on stdin)."""
     client = subprocess.Popen(
@@ -271,7 +280,7 @@ def idle_memory(command: list[str], pid: int) -> dict:
             line = client.stdout.readline()
             if not line.startswith("{") or json.loads(line).get("phase") != phase:
                 break  # the client failed: its error is on stderr
-            samples[phase] = rss_kb(pid), socket_count(pid)
+            samples[phase] = rss_kb(pid), connections(pid, port)
             client.stdin.write("next\n")
             client.stdin.flush()
         out, err = client.communicate(timeout=TIMEOUT)
@@ -284,9 +293,11 @@ def idle_memory(command: list[str], pid: int) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     (before, sockets_before), (after, sockets_after) = samples["warm"], samples["open"]
     count = result["subscribers"]
-    if sockets_after - sockets_before < count:
-        more = sockets_after - sockets_before
-        raise RuntimeError(f"process {pid} holds {more} more sockets, not {count}: not the server")
+    if sockets_after < count:  # the warm-up's sockets may still be closing at "before"
+        raise RuntimeError(
+            f"process {pid} holds {sockets_after} connections on port {port}, not {count}: "
+            f"not the server, or it closed some ({result.get('closed_early')} closed early)"
+        )
     return result | {
         "rss_before_kb": before,
         "rss_after_kb": after,
@@ -359,12 +370,31 @@ def on_sigterm(signum, frame) -> None:
     raise Interrupted
 
 
+def machine_probe() -> dict[str, float]:
+    """How fast this shared machine is at the moment, to compare runs by (seconds, lower is
+    faster): ``cpu``, a pure-Python loop of 10 million additions; ``syscalls``, 100,000
+    one-byte send/recv pairs over a local socket pair (the kernel's share of serving)."""
+    started, total = time.perf_counter(), 0
+    for i in range(10_000_000):
+        total += i
+    cpu = time.perf_counter() - started
+    left, right = socket.socketpair()
+    with left, right:
+        started = time.perf_counter()
+        for _ in range(100_000):
+            left.send(b"x")
+            right.recv(1)
+        syscalls = time.perf_counter() - started
+    return {"cpu": round(cpu, 3), "syscalls": round(syscalls, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prepare, run, report, save. Returns the exit status."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     started = dt.datetime.now(dt.UTC)
+    probes = [machine_probe()]
     try:
         postgres = prepare(database_url)
         with tempfile.TemporaryDirectory(prefix="ds-bench-logs-") as logs:
@@ -373,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         log("interrupted: servers stopped")
         return 130
+    probes.append(machine_probe())
     print_table(results, inprocess)
     targets = check_targets(results, inprocess)
     print_targets(targets)
@@ -380,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "node": node}
     machine |= {"python": platform.python_version(), "postgres": postgres}
+    machine["probe_s"] = probes  # before and after the run
+    before, after = probes
+    print(
+        f"\nmachine probe, before / after the run: cpu {before['cpu']} / {after['cpu']} s, "
+        f"syscalls {before['syscalls']} / {after['syscalls']} s"
+    )
     report = {
         "started": started.isoformat(),
         "finished": dt.datetime.now(dt.UTC).isoformat(),
