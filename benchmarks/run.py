@@ -1,9 +1,11 @@
 """Side-by-side benchmarks: our server and the reference Durable Streams server, one command.
 
-The same client workload (``benchmarks/load.mjs``) runs against four servers, one at a time: ours
-under uvicorn (the recommended configuration) and under daphne, and the reference server
-(@durable-streams/server) in memory and file-backed. The websocket benchmarks (``ws-*``) run
-against ours only: the reference has no websocket endpoint. Then ``benchmarks/inprocess.py``
+The same client workload (``benchmarks/load.mjs``) runs against five servers, one at a time: ours
+under uvicorn (the recommended configuration) and under daphne, the reference server
+(@durable-streams/server) in memory and file-backed, and the floor (``benchmarks/floor.py``, a
+bare ASGI app under uvicorn that only does the websocket fan-out's framing and writes). The
+websocket benchmarks (``ws-*``) run against ours only (the reference has no websocket endpoint),
+and ``ws-fanout`` against the floor too. Then ``benchmarks/inprocess.py``
 measures our in-process API on the same database. Prints every figure with its ratio to the
 reference of the same run, checks the targets (PASS/FAIL; ``benchmarks/summary.py``), writes
 ``benchmarks/results/<UTC time>.json``.
@@ -58,6 +60,7 @@ SCENARIOS: dict[str, tuple[str, dict]] = {
 }
 QUICK = {"seconds": 2, "warmup": 0.5, "rounds": 50}  # --quick overrides, where they apply
 OURS_ONLY = {"ws-fanout", "ws-appends", "ws-idle-memory"}  # the reference has no websockets
+FLOOR_ONLY = {"ws-fanout"}  # what the floor (benchmarks/floor.py) can serve
 FRESH = "ws-idle-memory"  # measured on a server process of its own, started for it
 NOTES = {  # figures worth a note on stderr when they are not 0
     "failed": "appends failed",
@@ -111,9 +114,11 @@ def server_command(name: str, port: int, data_dir: str) -> list[str]:
     """The command line that starts server ``name`` on ``port``."""
     bindir = Path(sys.executable).parent
     app = "project.asgi:application"
-    if name == "uvicorn":
+    if name in ("uvicorn", "floor"):
         # As docs/deployment.md recommends (no permessage-deflate: ~64 KB per idle socket).
         flags = ["--no-access-log", "--log-level", "warning", "--ws-per-message-deflate", "false"]
+        if name == "floor":
+            flags, app = [*flags, "--app-dir", str(BENCH)], "floor:app"
         return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *flags, app]
     if name == "daphne":  # -v 0: no access log, like uvicorn above
         return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
@@ -197,6 +202,8 @@ def run_servers(args: argparse.Namespace, database_url: str, logs: Path) -> dict
         results[server] = {}
         log(f"== {server}")
         names = [n for n in args.scenarios if server in OURS or n not in OURS_ONLY]
+        if server == "floor":
+            names = [n for n in args.scenarios if n in FLOOR_ONLY]
         for group in ([n for n in names if n != FRESH], [n for n in names if n == FRESH]):
             if not group:
                 continue
