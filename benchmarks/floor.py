@@ -6,10 +6,9 @@ answers 201; a websocket on ``/ws/v1/stream/<path>`` is accepted and sent one co
 what is queued to every websocket of the path, one socket after the other, as the same two
 frames as ours (data with every queued message, then control): like our hub, it coalesces the
 messages that arrive while it is sending. Nothing is stored, checked or authenticated: no
-database, no hub, no Django. Run
-under the same uvicorn as ours (``run.py`` starts it as the server ``floor``), it shows what one
-Python process on this machine needs just to frame and write the fan-out's frames, so that our
-figure can be read as a ratio to it, measured in the same run.
+database, no hub, no Django. Run under the same uvicorn as ours (``run.py`` starts it as the
+server ``floor``), it shows what one Python process on this machine needs just to frame and
+write the fan-out's frames, so that our figure can be read as a ratio to it, from the same run.
 """
 
 from __future__ import annotations
