@@ -51,10 +51,11 @@ class Subscription:
         self.waiting = False  # the reader is in wait(), nothing queued
         self.direct: Callable[[list[Notice]], bool] | None = None
 
-    def offer(self, notices: list[Notice]) -> None:
-        """Hand this stream's new notices to the reader: directly if it can take them now."""
-        if self.direct is not None and self.waiting and not self.pending():
-            self.heard = self._hub.loop.time()
+    def offer(self, notices: list[Notice], now: float) -> None:
+        """Hand this stream's new notices to the reader: directly if it can take them now
+        (``now``: the loop's time)."""
+        if self.direct is not None and self.waiting and not self._notices and not self.reread:
+            self.heard = now
             if self.direct(notices):
                 return
         for notice in notices:
@@ -206,9 +207,10 @@ class Hub:
         for notice in notices:
             if notice.stream_id in self._subscriptions:
                 by_stream.setdefault(notice.stream_id, []).append(notice)
+        now = self.loop.time()
         for stream_id, stream_notices in by_stream.items():
             for subscription in tuple(self._subscriptions.get(stream_id, ())):
-                subscription.offer(stream_notices)
+                subscription.offer(stream_notices, now)
 
     def subscriber_count(self) -> int:
         return sum(len(subscriptions) for subscriptions in self._subscriptions.values())

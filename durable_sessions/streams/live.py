@@ -31,6 +31,9 @@ _stream_ids: dict[str, int] = {}  # path -> last known stream id (a hint, checke
 class Follower:
     """Reads ``path`` from ``start`` (None: from the tail) and keeps following it."""
 
+    # The last batch made by advance(): (the notices, the start position, the batch).
+    _last_advance: tuple[list[Notice], Position, ReadResult] | None = None
+
     def __init__(
         self,
         path: str,
@@ -133,9 +136,27 @@ class Follower:
 
     def advance(self, notices: list[Notice]) -> ReadResult | None:
         """The batch ``notices`` make, continuing exactly at the position, which moves past it;
-        None when the database must say instead (a gap, bytes not carried, a deletion)."""
+        None when the database must say instead (a gap, bytes not carried, a deletion).
+
+        The hub hands one list of notices to every reader of a stream in one pass, and the
+        readers that are caught up all stand at the same position: the batch made for the
+        first is the batch of the others (same stream, same start, same list), and is reused.
+        """
         position = self.position
         assert position is not None and self.info is not None
+        last = Follower._last_advance
+        if last is not None and last[0] is notices and last[1] == position:
+            result = last[2]
+            if result.info.id == self.info.id:
+                self.position, self.finished = result.next, result.closed
+                return result
+        result = self._advance(notices, position)
+        if result is not None:
+            Follower._last_advance = (notices, position, result)
+        return result
+
+    def _advance(self, notices: list[Notice], position: Position) -> ReadResult | None:
+        assert self.info is not None
         entries: list[StoredEntry] = []
         closed = False
         for notice in notices:

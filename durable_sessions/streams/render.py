@@ -38,6 +38,18 @@ class RenderCache:
         self._bytes = 0
         self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
+        self._last: tuple[ReadResult, object] | None = None
+
+    def batch(self, result: ReadResult, make: Callable[[ReadResult], T]) -> T:
+        """The rendering of batch ``result``, made with ``make(result)`` on a miss. The batch
+        last rendered is checked first, by identity: the readers that are caught up are all
+        handed the same batch object in the hub's pass (see ``Follower.advance``)."""
+        last = self._last
+        if last is not None and last[0] is result:
+            return last[1]  # type: ignore[return-value]
+        made = self.get(batch_key(result), lambda: make(result), len(result.data))
+        self._last = (result, made)
+        return made
 
     def get(self, key: Hashable, make: Callable[[], T], weight: int = 0) -> T:
         """The rendering for ``key``, made with ``make()`` on a miss; ``weight``: its bytes."""

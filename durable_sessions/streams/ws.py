@@ -193,9 +193,10 @@ class StreamSocket(AsyncWebsocketConsumer):
     async def send_batch(self, result: ReadResult) -> None:
         """Send a batch's data and control frames."""
         data, control = wsframes.frames(result)
-        if data is not None:
-            await self.send_frame(data)
-        await self.send_frame(control)
+        if data is None:
+            await self.send_frames(control)
+        else:
+            await self.send_frames(data, control)
         self.delivered = result.next  # handed to the socket, control frame included
 
     def send_now(self, notices: list[Notice]) -> bool:
@@ -209,8 +210,9 @@ class StreamSocket(AsyncWebsocketConsumer):
         follower = self.follower
         if self.sending is not None or follower is None or not follower.live:
             return False
-        if any(notice.closed or notice.deleted for notice in notices):
-            return False
+        for notice in notices:
+            if notice.closed or notice.deleted:
+                return False
         result = follower.advance(notices)
         if result is None:
             return False
@@ -235,13 +237,14 @@ class StreamSocket(AsyncWebsocketConsumer):
     def _direct_sent(self, task: asyncio.Task) -> None:
         self.sending = None
 
-    async def send_frame(self, text: str) -> None:
-        """Send a frame; the watchdog ends a send that stays blocked (a reader not reading)."""
+    async def send_frames(self, *texts: str) -> None:
+        """Send frames; the watchdog ends a send that stays blocked (a reader not reading)."""
         if not self._sending:
             self.sending_since = asyncio.get_running_loop().time()
         self._sending += 1
         try:
-            await self.base_send({"type": "websocket.send", "text": text})
+            for text in texts:
+                await self.base_send({"type": "websocket.send", "text": text})
         finally:
             self._sending -= 1
             if not self._sending:
@@ -268,7 +271,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             ref = frame.get("id")
             op = frame.get("op")
             if op == "ping":
-                await self.send_frame(wsframes.compact({"event": "pong", "id": ref}))
+                await self.send_frames(wsframes.compact({"event": "pong", "id": ref}))
             elif op == "append":
                 await self.append(frame, ref)
             else:
@@ -297,8 +300,8 @@ class StreamSocket(AsyncWebsocketConsumer):
             await self.send_error(exc, ref)
             return
         with contextlib.suppress(Exception):  # the client may be gone; the append stands
-            await self.send_frame(wsframes.ack_frame(result, ref))
+            await self.send_frames(wsframes.ack_frame(result, ref))
 
     async def send_error(self, exc: StreamError, ref: Any = None) -> None:
         with contextlib.suppress(Exception):
-            await self.send_frame(wsframes.error_frame(exc, ref))
+            await self.send_frames(wsframes.error_frame(exc, ref))

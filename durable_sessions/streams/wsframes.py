@@ -30,7 +30,7 @@ from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.content import Payload, dump_message, is_json, is_text
 from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
 from durable_sessions.streams.records import Appended, ReadResult
-from durable_sessions.streams.render import RenderCache, batch_key
+from durable_sessions.streams.render import RenderCache
 
 CLOSE_CODES = {
     "done": 1000,  # the stream is closed and everything was sent
@@ -60,7 +60,7 @@ _frames = RenderCache()
 
 def frames(result: ReadResult) -> tuple[str | None, str]:
     """The data and control frames of a batch, rendered once for all readers at that position."""
-    return _frames.get(batch_key(result), lambda: _render(result), len(result.data))
+    return _frames.batch(result, _render)
 
 
 def _render(result: ReadResult) -> tuple[str | None, str]:

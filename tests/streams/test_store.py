@@ -20,6 +20,7 @@ from durable_sessions.streams.errors import (
 )
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import START, Position, format_offset
+from durable_sessions.streams.records import Notice, StoredEntry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -369,6 +370,30 @@ async def test_two_writer_threads_keep_every_stream_gap_free_and_in_order(settin
             assert result.messages() == list(range(25)) and result.next.seq == 25
     finally:
         await asyncio.to_thread(reset_store)
+
+
+async def test_followers_at_one_position_share_the_batch_of_one_list_of_notices():
+    """The hub's one list of notices makes one batch for every reader at the same position;
+    a reader elsewhere gets its own batch from the same list."""
+    await streams.acreate("t/shared", content_type="text/plain")
+    await streams.aappend("t/shared", "a")
+    async with Follower("t/shared", START) as first, Follower("t/shared", START) as second:
+        await first.next(None)
+        await second.next(None)
+        await streams.aappend("t/shared", "b")
+        async with Follower("t/shared", START) as ahead:
+            assert (await ahead.next(None)).body == b"ab"
+            stream_id = first.info.id
+            entries = [StoredEntry(1, 2, 1, b"b"), StoredEntry(2, 3, 1, b"c")]
+            notices = [Notice(stream_id, Position(3, 3), entries=entries)]
+            batch = first.advance(notices)
+            assert second.advance(notices) is batch
+            assert batch.body == b"bc" and batch.start == Position(1, 1)
+            own = ahead.advance(notices)
+            assert own.body == b"c" and own.start == Position(2, 2)
+            assert first.position == second.position == ahead.position == Position(3, 3)
+            # Once past them, the same notices make an empty batch, not the shared one again.
+            assert first.advance(notices).count == 0
 
 
 async def test_a_follower_hands_live_notices_to_its_direct_reader_while_it_waits():

@@ -296,39 +296,32 @@ async def test_a_repeated_offset_is_refused(public):
     assert (await ws.receive_output())["code"] == 4400
 
 
-async def test_a_socket_cut_off_for_not_reading_leaves_no_subscription(
-    public, settings, monkeypatch
-):
+async def test_a_socket_cut_off_for_not_reading_leaves_no_subscription(public, settings):
     """The ASGI server's send blocks (as uvicorn's does for a full socket), close frame too."""
-    from durable_sessions.streams import ws as ws_module
     from durable_sessions.streams.hub import get_hub
 
     settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "WEBSOCKET_SEND_TIMEOUT": 0.1}
     await streams.acreate("ws/stall", content_type="application/json")
     blocked = asyncio.Event()
-    original = ws_module.StreamSocket.send_frame
 
-    async def send_frame(self, text):
-        if blocked.is_set():
-            self.sending_since = asyncio.get_running_loop().time()
-            await asyncio.Event().wait()  # the socket is full: this send never completes
-        await original(self, text)
+    async def server(scope, receive, send):
+        async def full_socket_send(message):
+            if blocked.is_set():
+                await asyncio.Event().wait()  # the socket is full: this send never completes
+            await send(message)
 
-    async def close(self, code=None, reason=None):
-        await asyncio.Event().wait()  # nor does the close frame get through
+        await APP(scope, receive, full_socket_send)
 
-    ws_module.StreamSocket.send_frame, ws_module.StreamSocket.close = send_frame, close
-    try:
-        sock = socket("ws/stall", "now")
-        await sock.connect()
-        await sock.receive_from()
-        assert get_hub().subscriber_count() == 1
-        blocked.set()
-        await streams.aappend_json("ws/stall", [1])
-        await sock.wait(5)  # the application ends: the watchdog cut the connection
-        assert get_hub().subscriber_count() == 0
-    finally:
-        ws_module.StreamSocket.send_frame, ws_module.StreamSocket.close = (
-            original,
-            (ws_module.AsyncWebsocketConsumer.close),
-        )
+    sock = WebsocketCommunicator(
+        server, "/ws/v1/stream/ws/stall?offset=now", headers=[(b"host", b"localhost")]
+    )
+    await sock.connect()
+    await sock.receive_from()
+    assert get_hub().subscriber_count() == 1
+    blocked.set()
+    await streams.aappend_json("ws/stall", [1])
+    # The application ends by itself: the watchdog cut the connection. (Not sock.wait(): on a
+    # timeout it cancels the application and returns as if it had ended.)
+    ended, _ = await asyncio.wait([sock.future], timeout=5)
+    assert ended, "the stalled socket was not cut off"
+    assert get_hub().subscriber_count() == 0
