@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from summary import OURS, SERVERS, check_targets, print_table, print_targets
+from summary import FLOOR, OURS, SERVERS, check_targets, print_table, print_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -114,10 +114,10 @@ def server_command(name: str, port: int, data_dir: str) -> list[str]:
     """The command line that starts server ``name`` on ``port``."""
     bindir = Path(sys.executable).parent
     app = "project.asgi:application"
-    if name in ("uvicorn", "floor"):
+    if name in ("uvicorn", FLOOR):
         # As docs/deployment.md recommends (no permessage-deflate: ~64 KB per idle socket).
         flags = ["--no-access-log", "--log-level", "warning", "--ws-per-message-deflate", "false"]
-        if name == "floor":
+        if name == FLOOR:
             flags, app = [*flags, "--app-dir", str(BENCH)], "floor:app"
         return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *flags, app]
     if name == "daphne":  # -v 0: no access log, like uvicorn above
@@ -201,9 +201,10 @@ def run_servers(args: argparse.Namespace, database_url: str, logs: Path) -> dict
     for server in args.servers:
         results[server] = {}
         log(f"== {server}")
-        names = [n for n in args.scenarios if server in OURS or n not in OURS_ONLY]
-        if server == "floor":
+        if server == FLOOR:
             names = [n for n in args.scenarios if n in FLOOR_ONLY]
+        else:
+            names = [n for n in args.scenarios if server in OURS or n not in OURS_ONLY]
         for group in ([n for n in names if n != FRESH], [n for n in names if n == FRESH]):
             if not group:
                 continue

@@ -54,16 +54,14 @@ class Subscription:
     def offer(self, notices: list[Notice], now: float) -> None:
         """Hand this stream's new notices to the reader: directly if it can take them now
         (``now``: the loop's time)."""
-        if self.direct is not None and self.waiting and not self._notices and not self.reread:
-            self.heard = now
-            if self.direct(notices):
-                return
+        self.heard = now
+        if self.direct is not None and self.waiting and not self.pending() and self.direct(notices):
+            return
         for notice in notices:
             self.push(notice)
 
     def push(self, notice: Notice) -> None:
-        """Queue a notice (called by the hub on the loop)."""
-        self.heard = self._hub.loop.time()
+        """Queue a notice (called by ``offer``, on the loop)."""
         if len(self._notices) >= SUBSCRIPTION_QUEUE_LIMIT:
             self._notices.clear()
             self.reread = True

@@ -51,8 +51,9 @@ def compact(value: Any) -> str:
 
 def close_code(exc: StreamError) -> int:
     """The close code for an error that ends a connection."""
-    by_status = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 410: 4410}
-    return by_status.get(exc.status, 1011)
+    by_status = {400: "bad_request", 401: "not_authenticated", 403: "permission_denied",
+                 404: "stream_not_found", 410: "stream_gone"}  # fmt: skip
+    return CLOSE_CODES[by_status.get(exc.status, "internal_error")]
 
 
 _frames = RenderCache()
