@@ -134,6 +134,18 @@ class Follower:
         """Whether the position is the tail as last known (the next batch comes from notices)."""
         return not self._from_db and not self._first
 
+    def advance_live(self, notices: list[Notice]) -> ReadResult | None:
+        """``advance`` for a reader handed notices from the hub's pass (``Subscription.direct``):
+        the batch when the follower is live and the notices are plain data continuing at its
+        position; None for anything ``next()`` must see (a gap, the end of the stream, a
+        deletion), which leaves the position where it was."""
+        if not self.live:
+            return None
+        for notice in notices:
+            if notice.closed or notice.deleted:
+                return None
+        return self.advance(notices)
+
     def advance(self, notices: list[Notice]) -> ReadResult | None:
         """The batch ``notices`` make, continuing exactly at the position, which moves past it;
         None when the database must say instead (a gap, bytes not carried, a deletion).

@@ -15,17 +15,21 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 from typing import Any
 
 from durable_sessions.conf import ds_settings
+from durable_sessions.streams import eager
 from durable_sessions.streams.content import is_text
 from durable_sessions.streams.errors import StreamError
 from durable_sessions.streams.httpio import Request
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, current_cursor, next_cursor
-from durable_sessions.streams.records import ReadResult
+from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.render import RenderCache, batch_key
+
+logger = logging.getLogger("durable_sessions.streams.sse")
 
 HEARTBEAT_SECONDS = 15.0
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -73,20 +77,21 @@ async def _watch_disconnect(request: Request) -> None:
 
 async def event_stream(request: Request, extra: list[tuple[str, str]], start: Any) -> None:
     """Serve ``GET ...?live=sse``."""
-    follower = Follower(request.path, None if start == NOW else start)
+    response = _EventStream(request, start)
+    follower = response.follower
     try:
         first = await follower.next(None)
     except BaseException:
         follower.close()
         raise
-    text = is_text(first.info.content_type)
+    response.text = is_text(first.info.content_type)
     headers = [
         *extra,
         ("content-type", "text/event-stream"),
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),
     ]
-    if not text:
+    if not response.text:
         headers.append(("stream-sse-data-encoding", "base64"))
     send = request.send
     await send(
@@ -97,7 +102,7 @@ async def event_stream(request: Request, extra: list[tuple[str, str]], start: An
         }
     )
     watcher = asyncio.ensure_future(_watch_disconnect(request))
-    streaming = asyncio.ensure_future(_pump(request, follower, first, text))
+    streaming = response.task = asyncio.ensure_future(response.pump(first))
     try:
         await asyncio.wait({watcher, streaming}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -111,30 +116,93 @@ async def event_stream(request: Request, extra: list[tuple[str, str]], start: An
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _pump(request: Request, follower: Follower, first: ReadResult, text: bool) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ds_settings.SSE_RECONNECT_INTERVAL
-    # One jittered cursor for the response (when the client's is not behind), then the clock's
-    # whenever that passes it: the cursors of one response never go down.
-    cursor = int(next_cursor(request.param("cursor")))
-    result: ReadResult | None = first
-    while True:
-        if result is not None:
-            cursor = max(cursor, current_cursor())
-            chunk = _chunks.get(
-                (*batch_key(result), text, cursor),
-                lambda r=result, c=cursor: render_chunk(r, text, str(c)),
-                len(result.data),
-            )
-            await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if result.closed:
-                return
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return
+class _EventStream:
+    """One SSE response: its follower, and what it has sent.
+
+    ``pump`` sends each batch as the follower produces it. While it waits for the next one with
+    nothing queued, the hub may hand new data to ``send_now`` instead (see
+    ``Subscription.direct``), which sends it from the hub's pass without waking the pump; a send
+    that has to wait goes on in a task (``sending``) that the pump waits for before it sends
+    again, so chunks never overtake each other.
+    """
+
+    def __init__(self, request: Request, start: Any) -> None:
+        self.request = request
+        self.follower = Follower(request.path, None if start == NOW else start, self.send_now)
+        self.text = True
+        # One jittered cursor for the response (when the client's is not behind), then the
+        # clock's whenever that passes it: the cursors of one response never go down.
+        self.cursor = 0
+        self.sent_at = 0.0  # the loop's time of the last chunk, for the heartbeat
+        self.sending: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # the pump's
+
+    async def pump(self, first: ReadResult) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ds_settings.SSE_RECONNECT_INTERVAL
+        self.cursor = int(next_cursor(self.request.param("cursor")))
+        result: ReadResult | None = first
         try:
-            result = await follower.next(min(remaining, HEARTBEAT_SECONDS))
-        except StreamError:
-            return  # deleted while we followed it: end the response, the reconnect reports it
+            while True:
+                if self.sending is not None:
+                    await self.sending
+                if result is not None:
+                    await self.send_batch(result)
+                    if result.closed:
+                        return
+                now = loop.time()
+                if now >= deadline:
+                    return
+                if result is None and now - self.sent_at >= HEARTBEAT_SECONDS:
+                    await self.send(b": \n\n")
+                quiet = max(self.sent_at + HEARTBEAT_SECONDS - now, 0.001)
+                try:
+                    result = await self.follower.next(min(deadline - now, quiet))
+                except StreamError:
+                    return  # deleted while we followed it: end the response, the reconnect says so
+        except asyncio.CancelledError:
+            if self.sending is not None:  # the client left: a held-up send is not waited for
+                self.sending.cancel()
+            raise
+        finally:
+            if self.sending is not None:  # a direct send under way ends before the response
+                with contextlib.suppress(BaseException):
+                    await self.sending
+
+    async def send_batch(self, result: ReadResult) -> None:
+        self.cursor = cursor = max(self.cursor, current_cursor())
+        text = self.text
+        chunk = _chunks.get(
+            (*batch_key(result), text, cursor),
+            lambda: render_chunk(result, text, str(cursor)),
+            len(result.data),
+        )
+        await self.send(chunk)
+
+    async def send(self, body: bytes) -> None:
+        self.sent_at = asyncio.get_running_loop().time()
+        await self.request.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    def send_now(self, notices: list[Notice]) -> bool:
+        """Send the data of new notices from the hub's pass; False leaves them to ``pump``."""
+        if self.sending is not None:
+            return False
+        result = self.follower.advance_live(notices)
         if result is None:
-            await request.send({"type": "http.response.body", "body": b": \n\n", "more_body": True})
+            return False
+        if result.count:
+            self.sending = eager.start(self.send_direct(result))
+            if self.sending is not None:
+                self.sending.add_done_callback(self._sent)
+        return True
+
+    async def send_direct(self, result: ReadResult) -> None:
+        try:
+            await self.send_batch(result)
+        except Exception:  # the server refused the send: end the response, the client resumes
+            logger.exception("SSE direct send on %s failed", self.request.path)
+            if self.task is not None:
+                self.task.cancel()
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self.sending = None

@@ -207,13 +207,9 @@ class StreamSocket(AsyncWebsocketConsumer):
         declined, and ``follow`` takes it from the queue as usual. A send that has to wait goes
         on in a task (``self.sending``) that ``follow`` waits for before its next batch.
         """
-        follower = self.follower
-        if self.sending is not None or follower is None or not follower.live:
+        if self.sending is not None or self.follower is None:
             return False
-        for notice in notices:
-            if notice.closed or notice.deleted:
-                return False
-        result = follower.advance(notices)
+        result = self.follower.advance_live(notices)
         if result is None:
             return False
         if result.count:
