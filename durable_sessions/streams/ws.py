@@ -192,11 +192,7 @@ class StreamSocket(AsyncWebsocketConsumer):
 
     async def send_batch(self, result: ReadResult) -> None:
         """Send a batch's data and control frames."""
-        data, control = wsframes.frames(result)
-        if data is None:
-            await self.send_frames(control)
-        else:
-            await self.send_frames(data, control)
+        await self.send_messages(wsframes.messages(result))
         self.delivered = result.next  # handed to the socket, control frame included
 
     def send_now(self, notices: list[Notice]) -> bool:
@@ -204,43 +200,69 @@ class StreamSocket(AsyncWebsocketConsumer):
 
         Only while ``follow`` is waiting with nothing queued, and only plain data continuing at
         the position: anything else (a gap, the end of the stream, a send still held up) is
-        declined, and ``follow`` takes it from the queue as usual. A send that has to wait goes
-        on in a task (``self.sending``) that ``follow`` waits for before its next batch.
+        declined, and ``follow`` takes it from the queue as usual. The frames are handed to the
+        ASGI server from this plain function, without a task; a send that has to wait goes on in
+        a task (``self.sending``) that ``follow`` waits for before its next batch.
         """
         if self.sending is not None or self.follower is None:
             return False
         result = self.follower.advance_live(notices)
         if result is None:
             return False
-        if result.count:
+        if not result.count:
+            return True
+        messages = wsframes.messages(result)
+        send = self.base_send
+        for index, message in enumerate(messages):
             try:
-                self.sending = eager.start(self.send_direct(result))
-            except Exception:  # send_direct handles its own errors; this is a last resort
-                logger.exception("websocket direct send on %s failed", self.path)
-            if self.sending is not None:
-                self.sending.add_done_callback(self._direct_sent)
+                waiting = eager.start(send(message))
+            except Exception as exc:
+                self.sending = asyncio.ensure_future(self.direct_send_failed(exc))
+                break
+            if waiting is not None:  # the socket is full: the rest follows when it drains
+                rest = messages[index + 1 :]
+                self.sending = asyncio.ensure_future(self.send_rest(waiting, rest, result.next))
+                break
+        else:
+            self.delivered = result.next
+            return True
+        self.sending.add_done_callback(self._direct_sent)
         return True
 
-    async def send_direct(self, result: ReadResult) -> None:
+    async def send_rest(self, waiting: asyncio.Future, rest: tuple, position: Any) -> None:
+        """Finish a direct send that had to wait: watched like any send (``send_messages``)."""
         try:
-            await self.send_batch(result)
-        except Exception:
-            logger.exception("websocket direct send on %s failed", self.path)
-            if self.pump is not None:
-                self.pump.cancel()
-            await self.end(wsframes.CLOSE_CODES["internal_error"])
+            await self.send_messages(rest, waiting)
+        except Exception as exc:
+            await self.direct_send_failed(exc)
+        else:
+            self.delivered = position
+
+    async def direct_send_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, OSError):  # not just a client gone (its disconnect follows)
+            logger.error("websocket direct send on %s failed", self.path, exc_info=exc)
+        if self.pump is not None:
+            self.pump.cancel()
+        await self.end(wsframes.CLOSE_CODES["internal_error"])
 
     def _direct_sent(self, task: asyncio.Task) -> None:
         self.sending = None
 
     async def send_frames(self, *texts: str) -> None:
-        """Send frames; the watchdog ends a send that stays blocked (a reader not reading)."""
+        """Send frames of text (see ``send_messages``)."""
+        await self.send_messages([wsframes.send_message(text) for text in texts])
+
+    async def send_messages(self, messages: Any, waiting: asyncio.Future | None = None) -> None:
+        """Send ASGI messages, after ``waiting`` (a send already under way) if given; the
+        watchdog ends a send that stays blocked (a reader not reading)."""
         if not self._sending:
             self.sending_since = asyncio.get_running_loop().time()
         self._sending += 1
         try:
-            for text in texts:
-                await self.base_send({"type": "websocket.send", "text": text})
+            if waiting is not None:
+                await waiting
+            for message in messages:
+                await self.base_send(message)
         finally:
             self._sending -= 1
             if not self._sending:

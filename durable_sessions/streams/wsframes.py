@@ -59,12 +59,18 @@ def close_code(exc: StreamError) -> int:
 _frames = RenderCache()
 
 
-def frames(result: ReadResult) -> tuple[str | None, str]:
-    """The data and control frames of a batch, rendered once for all readers at that position."""
+def messages(result: ReadResult) -> tuple[dict[str, str], ...]:
+    """The ASGI ``websocket.send`` messages of a batch (its data frame, if it has data, and its
+    control frame), made once for all the readers at that position and shared by them."""
     return _frames.batch(result, _render)
 
 
-def _render(result: ReadResult) -> tuple[str | None, str]:
+def send_message(text: str) -> dict[str, str]:
+    """The ASGI message that sends ``text`` as a frame."""
+    return {"type": "websocket.send", "text": text}
+
+
+def _render(result: ReadResult) -> tuple[dict[str, str], ...]:
     data = None
     if result.count:
         if is_json(result.info.content_type):
@@ -81,7 +87,8 @@ def _render(result: ReadResult) -> tuple[str | None, str]:
         control["upToDate"] = True
     if result.closed:
         control["streamClosed"] = True
-    return data, compact({"event": "control", "data": control})
+    control_frame = send_message(compact({"event": "control", "data": control}))
+    return (control_frame,) if data is None else (send_message(data), control_frame)
 
 
 def parse_frame(text: str | None) -> dict[str, Any]:

@@ -325,3 +325,36 @@ async def test_a_socket_cut_off_for_not_reading_leaves_no_subscription(public, s
     ended, _ = await asyncio.wait([sock.future], timeout=5)
     assert ended, "the stalled socket was not cut off"
     assert get_hub().subscriber_count() == 0
+
+
+@pytest.mark.parametrize("error", [OSError, RuntimeError])
+async def test_a_send_from_the_hubs_pass_that_fails_ends_the_socket(public, error, caplog):
+    """A client gone (OSError, as uvicorn's ClientDisconnected) ends it quietly; anything else
+    is logged. Either way the socket is closed with 1011 and the hub's pass goes on."""
+    await streams.acreate("ws/refused", content_type="application/json")
+    refusing = asyncio.Event()
+
+    async def server(scope, receive, send):
+        async def refusing_send(message):
+            if refusing.is_set() and message["type"] == "websocket.send":
+                raise error("the server refuses the frame")
+            await send(message)
+
+        await APP(scope, receive, refusing_send)
+
+    refused = WebsocketCommunicator(
+        server, "/ws/v1/stream/ws/refused?offset=now", headers=[(b"host", b"localhost")]
+    )
+    other = socket("ws/refused", "now")
+    for ws in (refused, other):
+        await ws.connect()
+        await ws.receive_from()
+    refusing.set()
+    await streams.aappend_json("ws/refused", [1])
+    closed = await refused.receive_output(5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 1011
+    assert json.loads(await other.receive_from()) == {"event": "data", "data": [1]}
+    logged = [r for r in caplog.records if "direct send" in r.getMessage()]
+    assert bool(logged) == (error is RuntimeError)
+    await refused.disconnect()
+    await other.disconnect()
