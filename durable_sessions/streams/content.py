@@ -70,11 +70,24 @@ def dump_message(value: Any) -> bytes:
 
 
 def json_payload(messages: Iterable[Any]) -> Payload | None:
-    """The entry holding ``messages`` (Python values), or None when there are none."""
-    texts = [dump_message(message) for message in messages]
-    if not texts:
+    """The entry holding ``messages`` (Python values), or None when there are none.
+
+    The messages are encoded in one call, as a compact JSON array: between its brackets is
+    exactly each message's text (``dump_message``) joined by commas.
+    """
+    values = list(messages)
+    if not values:
         return None
-    return Payload(b",".join(texts), len(texts))
+    if len(values) == 1:
+        return Payload(dump_message(values[0]), 1)
+    try:
+        text = json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        data = text.encode()[1:-1]
+    except UnicodeEncodeError:  # a lone surrogate: escape it in its own message only
+        data = b",".join(dump_message(value) for value in values)
+    except (ValueError, TypeError):
+        data = b",".join(dump_message(value) for value in values)  # says which is not JSON
+    return Payload(data, len(values))
 
 
 def parse_json_body(body: bytes, *, allow_empty_array: bool) -> Payload | None:

@@ -27,7 +27,7 @@ from typing import Any
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
-from durable_sessions.streams.content import Payload, dump_message, is_json, is_text
+from durable_sessions.streams.content import Payload, is_json, is_text, json_payload
 from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
 from durable_sessions.streams.records import Appended, ReadResult
 from durable_sessions.streams.render import RenderCache
@@ -130,8 +130,7 @@ def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
         messages = data if isinstance(data, list) else [data]
         if not messages:
             raise BadRequest("empty JSON array: an append needs messages", code="empty_array")
-        texts = [dump_message(message) for message in messages]
-        return Payload(b",".join(texts), len(texts))
+        return json_payload(messages)
     if not isinstance(data, str):
         raise BadRequest("data must be a string on a non-JSON stream", code="invalid_frame")
     if frame.get("encoding") == "base64":
