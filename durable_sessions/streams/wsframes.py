@@ -61,7 +61,8 @@ _frames = RenderCache()
 
 def messages(result: ReadResult) -> tuple[dict[str, str], ...]:
     """The ASGI ``websocket.send`` messages of a batch (its data frame, if it has data, and its
-    control frame), made once for all the readers at that position and shared by them."""
+    control frame), made once for all the readers at that position and shared by them (the
+    ASGI servers only read them)."""
     return _frames.batch(result, _render)
 
 
@@ -127,10 +128,10 @@ def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
         return None
     data = frame["data"]
     if is_json(content_type):
-        messages = data if isinstance(data, list) else [data]
-        if not messages:
+        values = data if isinstance(data, list) else [data]
+        if not values:
             raise BadRequest("empty JSON array: an append needs messages", code="empty_array")
-        return json_payload(messages)
+        return json_payload(values)
     if not isinstance(data, str):
         raise BadRequest("data must be a string on a non-JSON stream", code="invalid_frame")
     if frame.get("encoding") == "base64":
