@@ -7,8 +7,9 @@ what is queued to every websocket of the path, one socket after the other, as th
 frames as ours (data with every queued message, then control): like our hub, it coalesces the
 messages that arrive while it is sending. Nothing is stored, checked or authenticated: no
 database, no hub, no Django. Run under the same uvicorn as ours (``run.py`` starts it as the
-server ``floor``), it shows what one Python process on this machine needs just to frame and
-write the fan-out's frames, so that our figure can be read as a ratio to it, from the same run.
+server ``floor``) or the same daphne (``floor-daphne``), it shows what one Python process on
+this machine needs just to frame and write the fan-out's frames under that server, so that our
+figure can be read as a ratio to it, from the same run.
 """
 
 from __future__ import annotations

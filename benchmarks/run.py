@@ -1,11 +1,11 @@
 """Side-by-side benchmarks: our server and the reference Durable Streams server, one command.
 
-The same client workload (``benchmarks/load.mjs``) runs against five servers, one at a time: ours
+The same client workload (``benchmarks/load.mjs``) runs against six servers, one at a time: ours
 under uvicorn (the recommended configuration) and under daphne, the reference server
 (@durable-streams/server) in memory and file-backed, and the floor (``benchmarks/floor.py``, a
-bare ASGI app under uvicorn that only does the websocket fan-out's framing and writes). The
-websocket benchmarks (``ws-*``) run against ours only (the reference has no websocket endpoint),
-and ``ws-fanout`` against the floor too. Then ``benchmarks/inprocess.py``
+bare ASGI app that only does the websocket fan-out's framing and writes) under uvicorn and under
+daphne. The websocket benchmarks (``ws-*``) run against ours only (the reference has no
+websocket endpoint), and ``ws-fanout`` against the floors too. Then ``benchmarks/inprocess.py``
 measures our in-process API on the same database. Prints every figure with its ratio to the
 reference of the same run, checks the targets (PASS/FAIL; ``benchmarks/summary.py``), writes
 ``benchmarks/results/<UTC time>.json``.
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from summary import FLOOR, OURS, SERVERS, check_targets, print_table, print_targets
+from summary import FLOORS, OURS, SERVERS, check_targets, print_table, print_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -114,13 +114,13 @@ def server_command(name: str, port: int, data_dir: str) -> list[str]:
     """The command line that starts server ``name`` on ``port``."""
     bindir = Path(sys.executable).parent
     app = "project.asgi:application"
-    if name in ("uvicorn", FLOOR):
+    if name in FLOORS.values():
+        app = "benchmarks.floor:app"  # both servers import from their working directory, ROOT
+    if name in ("uvicorn", FLOORS["uvicorn"]):
         # As docs/deployment.md recommends (no permessage-deflate: ~64 KB per idle socket).
         flags = ["--no-access-log", "--log-level", "warning", "--ws-per-message-deflate", "false"]
-        if name == FLOOR:
-            flags, app = [*flags, "--app-dir", str(BENCH)], "floor:app"
         return [str(bindir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), *flags, app]
-    if name == "daphne":  # -v 0: no access log, like uvicorn above
+    if name in ("daphne", FLOORS["daphne"]):  # -v 0: no access log, like uvicorn above
         return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
     extra = [data_dir] if name == "ref-file" else []
     return ["node", str(BENCH / "reference-server.mjs"), str(port), *extra]
@@ -201,7 +201,7 @@ def run_servers(args: argparse.Namespace, database_url: str, logs: Path) -> dict
     for server in args.servers:
         results[server] = {}
         log(f"== {server}")
-        if server == FLOOR:
+        if server in FLOORS.values():
             names = [n for n in args.scenarios if n in FLOOR_ONLY]
         else:
             names = [n for n in args.scenarios if server in OURS or n not in OURS_ONLY]

@@ -6,10 +6,12 @@ the figures of ``benchmarks/inprocess.py``.
 
 from __future__ import annotations
 
-SERVERS = ["uvicorn", "daphne", "ref-memory", "ref-file", "floor"]
+SERVERS = ["uvicorn", "daphne", "ref-memory", "ref-file", "floor", "floor-daphne"]
 OURS = ["uvicorn", "daphne"]
-MEM, FILE, FLOOR = "ref-memory", "ref-file", "floor"
-SHORT = {MEM: "mem", FILE: "file", FLOOR: "floor"}
+MEM, FILE = "ref-memory", "ref-file"
+FLOORS = {"uvicorn": "floor", "daphne": "floor-daphne"}  # ours -> the floor under its server
+SAME_FLOOR = "the floor under the same ASGI server"  # a ROWS spec: FLOORS[ours]
+SHORT = {MEM: "mem", FILE: "file", **{floor: "floor" for floor in FLOORS.values()}}
 
 INPROCESS_TARGET = 20_000  # messages/s, target (c)
 WS_FANOUT_P99_MS = 100.0  # target (h): p99 below this, every message delivered once
@@ -17,8 +19,8 @@ WS_APPENDS_RATIO = 3.0  # target (i): websocket appends/s over the file-backed r
 WS_IDLE_KB = 50.0  # target (j): resident memory per idle websocket subscriber, below this
 
 # What the figures of ours in a row are divided by: a reference server's figure of the same
-# benchmark (its name), another benchmark's figure (server, benchmark, figure, label), or a
-# fixed target (number, label).
+# benchmark (its name; SAME_FLOOR: the floor under the same ASGI server as ours), another
+# benchmark's figure (server, benchmark, figure, label), or a fixed target (number, label).
 HTTP_APPENDS = (FILE, "appends-distinct", "requests_per_s", "file HTTP")
 ROWS = [  # (label, benchmark, figure, unit, what ours are divided by)
     ("appends x16, distinct streams", "appends-distinct", "requests_per_s", "req/s", [FILE]),
@@ -30,8 +32,9 @@ ROWS = [  # (label, benchmark, figure, unit, what ours are divided by)
     ("SSE fan-out x200 p99", "sse", "p99_ms", "ms", [MEM, FILE]),
     ("SSE fan-out x200 delivered", "sse", "delivered_fraction", "frac", [MEM, FILE]),
     ("catch-up, 5,000-message stream", "catch-up", "messages_per_s", "msg/s", [MEM, FILE]),
-    ("WS fan-out x1000 p50", "ws-fanout", "p50_ms", "ms", [FLOOR]),
-    ("WS fan-out x1000 p99", "ws-fanout", "p99_ms", "ms", [(WS_FANOUT_P99_MS, "target"), FLOOR]),
+    ("WS fan-out x1000 p50", "ws-fanout", "p50_ms", "ms", [SAME_FLOOR]),
+    ("WS fan-out x1000 p99", "ws-fanout", "p99_ms", "ms",
+     [(WS_FANOUT_P99_MS, "target"), SAME_FLOOR]),
     ("WS fan-out x1000 delivered", "ws-fanout", "delivered_fraction", "frac", []),
     ("WS fan-out x1000 duplicates", "ws-fanout", "duplicates", "msgs", []),
     ("WS appends x16, 32 in flight", "ws-appends", "acks_per_s", "acks/s", [HTTP_APPENDS]),
@@ -65,8 +68,12 @@ def times(value: float) -> str:
     return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
 
 
-def baseline(results: dict, spec: str | tuple, bench: str, key: str) -> tuple[float | None, str]:
-    """The figure a row's figures of ours are divided by, and its short label (see ROWS)."""
+def baseline(
+    results: dict, spec: str | tuple, bench: str, key: str, ours: str
+) -> tuple[float | None, str]:
+    """The figure a row's figure of ``ours`` is divided by, and its short label (see ROWS)."""
+    if spec == SAME_FLOOR:
+        spec = FLOORS[ours]
     if isinstance(spec, str):
         return figure(results, spec, bench, key), SHORT[spec]
     if len(spec) == 2:
@@ -80,10 +87,11 @@ def print_table(results: dict, inprocess: dict) -> None:
     print("\nRatios read ours / reference: above 1 is better for a throughput, below 1 is better")
     print("for a latency or memory (mem = reference in memory, file = reference file-backed,")
     print("file HTTP = file-backed reference's appends x16 distinct streams, target = the row's")
-    print(f"fixed target: {WS_FANOUT_P99_MS:.0f} ms, {WS_IDLE_KB:.0f} KB; floor = a bare ASGI")
-    print("app under uvicorn that only frames and writes the fan-out, benchmarks/floor.py).")
-    print("WS rows: ours (and the floor's fan-out).\n")
-    columns = "".join(f"{name:>11}" for name in SERVERS)
+    targets = f"{WS_FANOUT_P99_MS:.0f} ms, {WS_IDLE_KB:.0f} KB"
+    print(f"fixed target: {targets}; floor = a bare ASGI app that only frames and writes the")
+    print("fan-out, benchmarks/floor.py, under the same server as ours: floor under uvicorn,")
+    print("floor-daphne under daphne). WS rows: ours and the floors.\n")
+    columns = "".join(f"{name:>13}" for name in SERVERS)
     head = f"{'benchmark':<32}{'unit':>7}{columns}   {'uvicorn / ref':<27}daphne / ref"
     print(head)
     print("-" * len(head))
@@ -94,10 +102,10 @@ def print_table(results: dict, inprocess: dict) -> None:
         ratios = []
         for ours in OURS:
             mine = figure(results, ours, bench, key)
-            pairs = [baseline(results, spec, bench, key) for spec in refs]
+            pairs = [baseline(results, spec, bench, key, ours) for spec in refs]
             cells = [(ratio(mine, ref), name) for ref, name in pairs]
             ratios.append(", ".join(f"{times(r)} {name}" for r, name in cells if r) or "-")
-        cells = "".join(f"{fmt(v, unit):>11}" for v in values)
+        cells = "".join(f"{fmt(v, unit):>13}" for v in values)
         print(f"{label:<32}{unit:>7}{cells}   {ratios[0]:<26} {ratios[1]}".rstrip())
     if "messages_per_s" in inprocess:
         value = inprocess["messages_per_s"]
