@@ -15,21 +15,14 @@ import httpx
 import pytest
 
 from durable_sessions import streams
-from durable_sessions.asgi import DurableSessionsRouter
 from durable_sessions.streams import sse
 from durable_sessions.streams.hub import get_hub
 from tests.servers import ServerProcess
+from tests.streams.apps import APP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 60
-
-
-async def not_found(scope, receive, send):
-    raise AssertionError(f"unexpected {scope['type']} {scope['path']}")
-
-
-APP = DurableSessionsRouter(not_found)
 
 
 def parse_events(raw: bytes) -> list[tuple[str, str]]:

@@ -11,19 +11,12 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from durable_sessions import streams
-from durable_sessions.asgi import DurableSessionsRouter
 from durable_sessions.streams.permissions import IsAuthenticated
+from tests.streams.apps import APP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PUBLIC = {"PERMISSION_POLICY": "durable_sessions.streams.permissions.AllowAny"}
-
-
-async def not_found(scope, receive, send):  # the wrapped application: nothing else is served
-    raise AssertionError(f"unexpected {scope['type']} {scope['path']}")
-
-
-APP = DurableSessionsRouter(not_found)
 
 
 def socket(path: str, offset: str = "-1", headers: list | None = None) -> WebsocketCommunicator:
