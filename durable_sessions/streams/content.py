@@ -83,10 +83,10 @@ def json_payload(messages: Iterable[Any]) -> Payload | None:
     try:
         text = json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         data = text.encode()[1:-1]
-    except UnicodeEncodeError:  # a lone surrogate: escape it in its own message only
-        data = b",".join(dump_message(value) for value in values)
     except (ValueError, TypeError):
-        data = b",".join(dump_message(value) for value in values)  # says which is not JSON
+        # One by one: a lone surrogate (UnicodeEncodeError) is escaped in its own message only,
+        # and a value JSON cannot hold is refused by dump_message, which says why.
+        data = b",".join(dump_message(value) for value in values)
     return Payload(data, len(values))
 
 

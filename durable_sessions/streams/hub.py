@@ -34,9 +34,9 @@ class Subscription:
 
     A reader may also set ``direct``: a function the hub calls with a stream's new notices
     instead of queueing them, while the reader is waiting with nothing queued. It returns True
-    when it has handled them (a websocket sends them then and there, see ``ws.py``), False to
-    have them queued as usual. A thousand readers of one stream then cost one pass over them per
-    commit, not a thousand task wake-ups.
+    when it has handled them (a websocket or an SSE response sends them then and there, see
+    ``ws.py`` and ``sse.py``), False to have them queued as usual. A thousand readers of one
+    stream then cost one pass over them per commit, not a thousand task wake-ups.
     """
 
     __slots__ = ("_event", "_hub", "_notices", "direct", "heard", "reread", "stream_id", "waiting")

@@ -218,15 +218,14 @@ class StreamSocket(AsyncWebsocketConsumer):
                 waiting = eager.start(send(message))
             except Exception as exc:
                 self.sending = asyncio.ensure_future(self.direct_send_failed(exc))
-                break
-            if waiting is not None:  # the socket is full: the rest follows when it drains
-                rest = messages[index + 1 :]
+            else:
+                if waiting is None:
+                    continue
+                rest = messages[index + 1 :]  # the socket is full: the rest follows when it drains
                 self.sending = asyncio.ensure_future(self.send_rest(waiting, rest, result.next))
-                break
-        else:
-            self.delivered = result.next
+            self.sending.add_done_callback(self._direct_sent)
             return True
-        self.sending.add_done_callback(self._direct_sent)
+        self.delivered = result.next
         return True
 
     async def send_rest(self, waiting: asyncio.Future, rest: tuple, position: Any) -> None:
