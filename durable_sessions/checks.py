@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from durable_sessions.conf import DEFAULTS
+from durable_sessions.conf import DEFAULTS, SQLITE_SYNCHRONOUS_VALUES
 
 POSITIVE_NUMBERS = {
     "LONG_POLL_TIMEOUT",
@@ -132,6 +132,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 f"DURABLE_SESSIONS['CROSS_ORIGIN_RESOURCE_POLICY'] is {corp!r}.",
                 hint=f"Use one of {', '.join(CORP_VALUES)}.",
                 id="durable_sessions.E010",
+            )
+        )
+    synchronous = user.get("SQLITE_SYNCHRONOUS", DEFAULTS["SQLITE_SYNCHRONOUS"])
+    if not isinstance(synchronous, str) or synchronous.upper() not in SQLITE_SYNCHRONOUS_VALUES:
+        errors.append(
+            Error(
+                f"DURABLE_SESSIONS['SQLITE_SYNCHRONOUS'] is {synchronous!r}.",
+                hint=f"Use one of {', '.join(SQLITE_SYNCHRONOUS_VALUES)} (FULL is durable).",
+                id="durable_sessions.E011",
             )
         )
     return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))

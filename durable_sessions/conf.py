@@ -45,9 +45,14 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_RECHECK_INTERVAL": 5.0,
     # Seconds between sweeps that delete expired streams.
     "EXPIRY_SWEEP_INTERVAL": 30.0,
+    # SQLite's synchronous pragma on the log's connections: "FULL" (an acknowledged append
+    # survives power loss), "EXTRA", or "NORMAL" (faster; the last commits may be lost on power
+    # loss or an OS crash, never on a process crash).
+    "SQLITE_SYNCHRONOUS": "FULL",
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY"}
+SQLITE_SYNCHRONOUS_VALUES = ("FULL", "EXTRA", "NORMAL")
 
 
 class DurableSessionsSettings:

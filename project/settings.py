@@ -82,7 +82,7 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_PATH,
             "OPTIONS": {
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
@@ -105,6 +105,8 @@ if os.environ.get("DS_LONG_POLL_TIMEOUT"):
     DURABLE_SESSIONS["LONG_POLL_TIMEOUT"] = float(os.environ["DS_LONG_POLL_TIMEOUT"])
 if os.environ.get("DS_WEBSOCKET_SEND_TIMEOUT"):
     DURABLE_SESSIONS["WEBSOCKET_SEND_TIMEOUT"] = float(os.environ["DS_WEBSOCKET_SEND_TIMEOUT"])
+if os.environ.get("DS_SQLITE_SYNCHRONOUS"):
+    DURABLE_SESSIONS["SQLITE_SYNCHRONOUS"] = os.environ["DS_SQLITE_SYNCHRONOUS"]
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
 

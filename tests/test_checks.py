@@ -49,6 +49,11 @@ def test_bad_values_are_reported():
             assert "durable_sessions.E008" in ids(), origins
     with override_settings(DURABLE_SESSIONS={"CROSS_ORIGIN_RESOURCE_POLICY": "anyone"}):
         assert "durable_sessions.E010" in ids()
+    for value in ("OFF", "normal?", 2, None):
+        with override_settings(DURABLE_SESSIONS={"SQLITE_SYNCHRONOUS": value}):
+            assert "durable_sessions.E011" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"SQLITE_SYNCHRONOUS": "normal"}):
+        assert "durable_sessions.E011" not in ids()
 
 
 def test_permission_policy_must_import_and_have_has_permission():

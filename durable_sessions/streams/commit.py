@@ -1,7 +1,8 @@
 """Group commit: a batch of appends, to any number of streams, in one transaction.
 
 The writer thread calls ``apply_appends`` inside an open transaction. It locks the rows of the
-streams involved (in id order, so concurrent writers in other processes cannot deadlock with it),
+streams involved (in id order, the log's one lock order, so concurrent writers in other
+processes cannot deadlock with it),
 checks every append against the stream as the earlier appends of the batch left it, assigns
 consecutive sequence numbers from the locked tail, and writes all entries, producer states and
 new tails with one statement each. An append that fails its checks changes nothing and gets its
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from durable_sessions.streams import lifecycle
+from durable_sessions.streams import lifecycle, reads
 from durable_sessions.streams.content import Payload, body_payload, same_media_type
 from durable_sessions.streams.db import ENTRY, PRODUCER, STREAM, STREAM_COLUMNS, Database
 from durable_sessions.streams.errors import (
@@ -222,8 +223,13 @@ def apply_appends(
     expired: dict[str, StreamError] = {}
     for path, row in list(rows.items()):
         if not row.deleted and row.expired(now):
-            removed, soft = lifecycle.remove(db, cur, row)
-            notices.extend(removed)
+            if row.source_id is None:
+                removed, soft = lifecycle.remove(db, cur, row)
+                notices.extend(removed)
+            else:
+                # Removing a fork may cascade to its sources, whose rows come before it in the
+                # lock order: the expiry sweep removes it instead, locking the chain first.
+                soft = reads.has_forks(db, cur, row.id)
             expired[path] = lifecycle.gone_error(path, soft)
             del rows[path]
     batch = _Batch()

@@ -20,11 +20,12 @@ from typing import Any
 
 from django.db import connections
 
-from durable_sessions.conf import ds_settings
+from durable_sessions.conf import SQLITE_SYNCHRONOUS_VALUES, ds_settings
 from durable_sessions.streams.errors import Unavailable
 
 STREAM = "durable_sessions_stream"
 SMALL_BATCH = 4  # rows up to which plain statements beat one unnest() statement
+CONNECT_TIMEOUT = 10  # seconds, unless the database's OPTIONS say otherwise
 ENTRY = "durable_sessions_entry"
 PRODUCER = "durable_sessions_producer"
 
@@ -40,6 +41,10 @@ try:  # psycopg is a dependency, but SQLite-only deployments work without its C 
 except ImportError:  # pragma: no cover
     psycopg = None  # type: ignore[assignment]
     pg_errors = None  # type: ignore[assignment]
+
+
+class ConnectionLost(Unavailable):
+    """A connection broke under a query (503 if it happens again on a fresh connection)."""
 
 
 class RetryTransaction(Exception):
@@ -64,13 +69,29 @@ def integrity_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.IntegrityError)
 
 
-def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` means the connection is unusable and must be replaced."""
-    if psycopg is not None and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return True
+def connection_lost(exc: BaseException, conn: Any = None) -> bool:
+    """Whether ``exc``, raised on ``conn``, means the connection is unusable and must be replaced.
+
+    On Postgres the connection says so itself (``broken``/``closed``): a deadlock or a lock
+    timeout is an ``OperationalError`` too, on a connection that is perfectly usable.
+    """
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        if isinstance(conn, psycopg.Connection):
+            return bool(conn.closed or conn.broken)
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and (
+            exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+        )
     return isinstance(exc, sqlite3.OperationalError | sqlite3.ProgrammingError) and (
         "closed" in str(exc) or "unable to open" in str(exc)
     )
+
+
+def sqlite_synchronous() -> str:
+    """The ``synchronous`` pragma for the log's SQLite connections (``SQLITE_SYNCHRONOUS``)."""
+    value = str(ds_settings.SQLITE_SYNCHRONOUS).upper()
+    if value not in SQLITE_SYNCHRONOUS_VALUES:  # the system check reports it; stay durable
+        return "FULL"
+    return value
 
 
 class Database:
@@ -104,6 +125,9 @@ class Database:
                 options = wrapper.settings_dict.get("OPTIONS", {})
                 if "prepare_threshold" not in options:
                     params.pop("prepare_threshold", None)  # psycopg's default: prepare hot SQL
+                params.setdefault("connect_timeout", CONNECT_TIMEOUT)  # a host that went away
+                # Which thread of the log holds a connection, for pg_stat_activity.
+                params.setdefault("application_name", threading.current_thread().name[:63])
                 conn = psycopg.connect(**params, autocommit=True)
                 return conn
             name = str(wrapper.settings_dict["NAME"])
@@ -112,7 +136,7 @@ class Database:
                 name, uri=uri, timeout=30, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={sqlite_synchronous()}")
             conn.execute("PRAGMA busy_timeout=30000")
             return conn
         except Exception as exc:
@@ -208,9 +232,9 @@ class ThreadConnections:
         try:
             yield conn.cursor(binary=True) if self.database.is_postgres else conn.cursor()
         except Exception as exc:
-            if connection_lost(exc):
+            if connection_lost(exc, conn):
                 self.discard()
-                raise Unavailable(f"streams database connection lost: {exc}") from exc
+                raise ConnectionLost(f"streams database connection lost: {exc}") from exc
             raise
 
     def close_all(self) -> None:

@@ -89,10 +89,22 @@ class PayloadTooLarge(StreamError):
 
 
 class Unavailable(StreamError):
-    """The store could not complete the operation (database down, shutting down) (503)."""
+    """The store could not complete the operation (database down, shutting down) (503).
+
+    Carries ``Retry-After`` (seconds): the condition is expected to pass, and a retry of an
+    append that got plain ``unavailable`` cannot write twice (it was not committed).
+    """
 
     status = 503
     default_code = "unavailable"
+    retry_after = 1
+
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            message, code=code, headers={"Retry-After": str(self.retry_after), **(headers or {})}
+        )
 
 
 class CommitUnknown(Unavailable):

@@ -7,6 +7,12 @@ the source's entry at the fork offset: that prefix is copied into the fork as it
 Deleting a stream that forks still read from only marks it deleted (410 from then on, its path
 blocked); it is removed with its data when its last fork goes, and that removal cascades up the
 chain through sources that were themselves deleted. Expiry (TTL, Expires-At) is a deletion.
+
+Lock order: every transaction of the log locks stream rows in ascending id order (the group
+commit locks the rows of a batch that way). A source always has a smaller id than its forks, so
+an operation that may cascade to a stream's sources locks the whole chain, sources first, before
+it changes anything (``lock_chain``). A sliding TTL is renewed through the writer too
+(``RenewOp``): readers never write.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from durable_sessions.streams.content import (
     same_media_type,
     split_messages,
 )
-from durable_sessions.streams.db import ENTRY, PRODUCER, STREAM, Database, RetryTransaction
+from durable_sessions.streams.db import (
+    ENTRY,
+    PRODUCER,
+    STREAM,
+    STREAM_COLUMNS,
+    Database,
+    RetryTransaction,
+)
 from durable_sessions.streams.errors import (
     BadRequest,
     Conflict,
@@ -57,6 +70,70 @@ class DeleteOp:
     path: str
 
 
+@dataclass(slots=True)
+class RenewOp:
+    """Renew the sliding TTL of stream ``stream_id`` (at ``path``) for a read made at ``at``."""
+
+    path: str
+    stream_id: int
+    at: float
+
+
+def renew(db: Database, cur: Any, ops: list[RenewOp], now: float) -> tuple[None, list[Notice]]:
+    """Move ``touched_at`` forward for reads (never back, never on a deleted stream)."""
+    rows = sorted({op.stream_id: op.at for op in ops}.items())  # ascending ids: the lock order
+    cur.executemany(
+        db.sql(
+            f"UPDATE {STREAM} SET touched_at = %s WHERE id = %s AND touched_at < %s"
+            " AND deleted = %s"
+        ),
+        [(at, stream_id, at, False) for stream_id, at in rows],
+    )
+    return None, []
+
+
+def chain_ids(db: Database, cur: Any, row: StreamRow) -> list[int]:
+    """``row``'s id and the ids of its sources, up the fork chain (no locks: it never changes)."""
+    ids = [row.id]
+    source_id = row.source_id
+    try:
+        while source_id is not None:
+            ids.append(source_id)
+            source_id = reads.ancestor(db, cur, source_id)[0]
+    except LookupError as exc:  # the chain went while we read it: start again
+        raise RetryTransaction(str(exc)) from None
+    return ids
+
+
+def lock_chain(db: Database, cur: Any, *rows: StreamRow | None) -> dict[int, StreamRow]:
+    """Lock ``rows`` and all their sources in ascending id order; the locked rows by id.
+
+    The rows were read without a lock: the caller checks that what it locked is still what it
+    read (``relocked``).
+    """
+    ids = sorted({i for row in rows if row is not None for i in chain_ids(db, cur, row)})
+    if not ids:
+        return {}
+    cur.execute(
+        db.sql(
+            f"SELECT {STREAM_COLUMNS} FROM {STREAM} WHERE id IN ({db.placeholders(len(ids))})"
+            f" ORDER BY id{db.lock_clause()}"
+        ),
+        ids,
+    )
+    return {row.id: row for row in map(StreamRow.from_db, cur.fetchall())}
+
+
+def relocked(locked: dict[int, StreamRow], row: StreamRow | None) -> StreamRow | None:
+    """``row`` as locked, or RetryTransaction when it changed hands in between."""
+    if row is None:
+        return None
+    current = locked.get(row.id)
+    if current is None or current.path != row.path:
+        raise RetryTransaction(f"stream {row.path!r} was deleted concurrently")
+    return current
+
+
 def gone_error(path: str, soft_deleted: bool) -> StreamError:
     """The error for a stream that is no longer there (410 while forks keep it, else 404)."""
     if soft_deleted:
@@ -70,9 +147,10 @@ def _hard_delete(db: Database, cur: Any, stream_id: int) -> None:
 
 
 def remove(db: Database, cur: Any, row: StreamRow) -> tuple[list[Notice], bool]:
-    """Delete ``row`` (locked): soft when forks read from it, else for good, cascading upwards.
+    """Delete ``row``: soft when forks read from it, else for good, cascading upwards.
 
-    Returns the notices for live readers and whether the stream stays as soft-deleted.
+    The caller holds the locks of ``row`` and of its sources (``lock_chain``). Returns the
+    notices for live readers and whether the stream stays as soft-deleted.
     """
     notices = [Notice(row.id, row.tail, closed=row.closed, deleted=True)]
     if reads.has_forks(db, cur, row.id):
@@ -97,7 +175,8 @@ def delete(
     A stream found expired is removed as expired and reported as already gone: the result is
     then an error to report *after* the transaction commits.
     """
-    row = reads.load_row(db, cur, op.path, lock=True)
+    unlocked = reads.load_row(db, cur, op.path)
+    row = relocked(lock_chain(db, cur, unlocked), unlocked)
     if row is None:
         raise StreamNotFound(f"no stream at {op.path!r}")
     if row.deleted:
@@ -131,15 +210,14 @@ def _same_config(
     return op.fork_offset is None or row.fork_offset == str(op.fork_offset)
 
 
-def _live_row(
-    db: Database, cur: Any, path: str, now: float, notices: list[Notice]
+def _unless_expired(
+    db: Database, cur: Any, row: StreamRow | None, now: float, notices: list[Notice]
 ) -> StreamRow | None:
-    """The locked row at ``path`` after applying a due expiry (None when it is gone)."""
-    row = reads.load_row(db, cur, path, lock=True)
+    """``row`` (locked with its chain) after applying a due expiry (None when it is gone)."""
     if row is not None and not row.deleted and row.expired(now):
         expired, soft = remove(db, cur, row)
         notices.extend(expired)
-        return reads.load_row(db, cur, path, lock=True) if soft else None
+        return reads.load_row_by_id(db, cur, row.id) if soft else None
     return row
 
 
@@ -179,14 +257,20 @@ def _fork_point(
 def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, list[Notice]]:
     """Create the stream (or fork) at ``op.path``, or confirm an identical existing one."""
     notices: list[Notice] = []
-    source = None
+    source = None if op.fork_from is None else reads.load_row(db, cur, op.fork_from)
+    existing = reads.load_row(db, cur, op.path)
+    locked = lock_chain(db, cur, source, existing)
+    source, existing = relocked(locked, source), relocked(locked, existing)
     if op.fork_from is not None:
-        source = _live_row(db, cur, op.fork_from, now, notices)
+        source = _unless_expired(db, cur, source, now, notices)
         if source is None:
             raise StreamNotFound(f"no source stream at {op.fork_from!r}")
         if source.deleted:
             raise Conflict(f"source stream {op.fork_from!r} was deleted", code="source_deleted")
-    existing = _live_row(db, cur, op.path, now, notices)
+    if existing is not None and source is not None and existing.id == source.id:
+        existing = source  # a stream "forked" onto its own path: one row, expired once
+    else:
+        existing = _unless_expired(db, cur, existing, now, notices)
     if existing is not None:
         if existing.deleted:
             raise Conflict(
@@ -255,7 +339,13 @@ def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, l
 
 
 def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> tuple[int, list[Notice]]:
-    """Delete up to ``limit`` expired streams; returns how many, and notices for live readers."""
+    """Remove up to ``limit`` expired streams, and up to ``limit`` soft-deleted streams that no
+    fork reads from any more; returns how many were found, and notices for live readers.
+
+    A soft-deleted stream loses its last fork through ``remove``, which then removes it too;
+    the second query only heals rows left behind by a deletion that bypassed the log (an ORM
+    ``delete()``), which would otherwise block their path for good.
+    """
     cur.execute(
         db.sql(
             f"SELECT id FROM {STREAM} WHERE deleted = %s AND ("
@@ -264,10 +354,28 @@ def sweep_expired(db: Database, cur: Any, now: float, limit: int = 100) -> tuple
         ),
         [False, now, now, limit],
     )
+    expired = [stream_id for (stream_id,) in cur.fetchall()]
+    cur.execute(
+        db.sql(
+            f"SELECT s.id FROM {STREAM} s WHERE s.deleted = %s AND NOT EXISTS"
+            f" (SELECT 1 FROM {STREAM} f WHERE f.source_id = s.id) ORDER BY s.id LIMIT %s"
+        ),
+        [True, limit],
+    )
+    orphans = [stream_id for (stream_id,) in cur.fetchall()]
+    found = [reads.load_row_by_id(db, cur, stream_id) for stream_id in sorted({*expired, *orphans})]
+    locked = lock_chain(db, cur, *found)  # every chain at once: one lock order for all
     notices: list[Notice] = []
-    ids = [stream_id for (stream_id,) in cur.fetchall()]
-    for stream_id in ids:
-        row = reads.load_row_by_id(db, cur, stream_id, lock=True)
-        if row is not None and not row.deleted and row.expired(now):
-            notices.extend(remove(db, cur, row)[0])
-    return len(ids), notices
+    for row in found:
+        if row is None or row.id not in locked:
+            continue  # gone meanwhile
+        current = reads.load_row_by_id(db, cur, row.id)  # (locked: fresh after earlier removals)
+        if current is None:
+            continue  # removed with an earlier one's cascade
+        if current.deleted:
+            if reads.has_forks(db, cur, current.id):
+                continue
+        elif not current.expired(now):
+            continue
+        notices.extend(remove(db, cur, current)[0])
+    return max(len(expired), len(orphans)), notices

@@ -80,9 +80,9 @@ class Follower:
         try:
             result = await aread(self.path, offset)
         except BadRequest as exc:
-            if self.info is None or exc.code != "offset_beyond_tail":
+            if self.info is None or exc.code not in {"offset_beyond_tail", "invalid_offset"}:
                 raise
-            # A stream never shrinks: this path names another stream now.
+            # Our position was real on the stream we followed: this path names another now.
             raise StreamNotFound(f"stream {self.path!r} was deleted (and created again)") from None
         if self._subscription is None or self._subscription.stream_id != result.info.id:
             self._subscribe(result.info.id)  # the path names a new stream: read it again

@@ -47,7 +47,8 @@ def has_forks(db: Database, cur: Any, stream_id: int) -> bool:
     return cur.fetchone() is not None
 
 
-def _ancestor(db: Database, cur: Any, stream_id: int) -> tuple[int | None, int]:
+def ancestor(db: Database, cur: Any, stream_id: int) -> tuple[int | None, int]:
+    """``(source id, fork seq)`` of ``stream_id``: what it forks from, cached (never changes)."""
     known = _ancestry.get(stream_id)
     if known is None:
         cur.execute(db.sql(f"SELECT source_id, fork_seq FROM {STREAM} WHERE id = %s"), [stream_id])
@@ -69,7 +70,7 @@ def segments(
     result = [(row.id, row.fork_seq, hi)]
     source_id, low = row.source_id, row.fork_seq
     while source_id is not None:
-        parent_source, parent_low = _ancestor(db, cur, source_id)
+        parent_source, parent_low = ancestor(db, cur, source_id)
         result.append((source_id, parent_low, low))
         source_id, low = parent_source, parent_low
     result.reverse()
@@ -193,26 +194,40 @@ def live_row(db: Database, cur: Any, path: str, now: float) -> StreamRow:
     return row
 
 
-def touch(db: Database, cur: Any, row: StreamRow, now: float) -> None:
-    """Renew a sliding TTL after a read (to within 5% of the TTL, at most a second)."""
-    if row.ttl_seconds is None or now - row.touched_at < min(1.0, row.ttl_seconds * 0.05):
-        return
-    cur.execute(
-        db.sql(f"UPDATE {STREAM} SET touched_at = %s WHERE id = %s AND touched_at < %s"),
-        [now, row.id, now],
-    )
+def renewal_due(row: StreamRow, now: float) -> bool:
+    """Whether a read at ``now`` should renew ``row``'s sliding TTL.
+
+    Renewing to within 5% of the TTL, and at most once a second, is enough: a stream read
+    continuously costs one renewal a second, whatever the number of readers.
+    """
+    return row.ttl_seconds is not None and now - row.touched_at >= min(1.0, row.ttl_seconds * 0.05)
+
+
+def check_start(db: Database, cur: Any, row: StreamRow, start: Position) -> None:
+    """Refuse a read offset that names no position of ``row``'s log (400).
+
+    Both halves of an offset are checked, as for a fork offset: a made-up byte count beside a
+    real sequence number is not a position of this stream.
+    """
+    if start.seq > row.tail_seq:
+        raise BadRequest("offset is beyond the end of the stream", code="offset_beyond_tail")
+    if position_bytes(db, cur, row, start.seq) != start.bytes:
+        raise BadRequest(f"offset {start} is not a position of this stream", code="invalid_offset")
 
 
 def read(
     db: Database, cur: Any, path: str, start: Position | None, max_bytes: int, now: float
-) -> ReadResult:
-    """A catch-up read of ``path`` from ``start`` (None: from the tail, ``offset=now``)."""
+) -> tuple[ReadResult, bool]:
+    """A catch-up read of ``path`` from ``start`` (None: from the tail, ``offset=now``).
+
+    Returns the result and whether the read should renew the stream's TTL (``renewal_due``):
+    readers never write; the store hands the renewal to the writer.
+    """
     row = live_row(db, cur, path, now)
-    touch(db, cur, row, now)
     if start is None:
         start = row.tail
-    if start.seq > row.tail_seq:
-        raise BadRequest("offset is beyond the end of the stream", code="offset_beyond_tail")
+    else:
+        check_start(db, cur, row, start)
     data, count, position = b"", 0, start
     if start.seq < row.tail_seq:
         separator = b"," if is_json(row.content_type) else b""
@@ -221,7 +236,8 @@ def read(
     if up_to_date:
         position = row.tail
     closed = up_to_date and row.closed
-    return ReadResult(StreamInfo.of(row), start, data, count, position, up_to_date, closed)
+    result = ReadResult(StreamInfo.of(row), start, data, count, position, up_to_date, closed)
+    return result, renewal_due(row, now)
 
 
 def info(db: Database, cur: Any, path: str, now: float) -> StreamInfo:

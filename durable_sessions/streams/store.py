@@ -31,10 +31,10 @@ from durable_sessions.conf import ds_settings
 from durable_sessions.streams import reads
 from durable_sessions.streams.commit import AppendOp, ProducerKey
 from durable_sessions.streams.content import Payload, json_payload
-from durable_sessions.streams.db import Database, ThreadConnections
-from durable_sessions.streams.errors import PayloadTooLarge
+from durable_sessions.streams.db import ConnectionLost, Database, ThreadConnections
+from durable_sessions.streams.errors import PayloadTooLarge, Unavailable
 from durable_sessions.streams.hub import LocalPublisher
-from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
+from durable_sessions.streams.lifecycle import CreateOp, DeleteOp, RenewOp
 from durable_sessions.streams.offsets import NOW, Position, parse_read_offset
 from durable_sessions.streams.protocol import parse_stream_path
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
@@ -66,19 +66,26 @@ class Store:
         self._executor = ThreadPoolExecutor(
             max_workers=ds_settings.READER_THREADS, thread_name_prefix="durable-sessions-reader"
         )
+        self._renewing: set[int] = set()  # streams with a TTL renewal queued on their writer
+        self._renewing_lock = threading.Lock()
 
-    def close(self) -> None:
-        """Stop the writers (after what they have queued) and close every connection."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the writers (after what they have queued, for up to ``timeout`` seconds each:
+        see ``Writer.stop``) and the readers, and close their connections."""
         for writer in self.writers:
-            writer.stop()
+            writer.stop(timeout)
         self._executor.shutdown(wait=True)
         self._readers.close_all()
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def _run_read(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._readers.cursor() as cur:
-            return fn(self.database, cur, *args)
+        try:
+            with self._readers.cursor() as cur:
+                return fn(self.database, cur, *args)
+        except ConnectionLost:  # (a database restart): once more, on a new connection
+            with self._readers.cursor() as cur:
+                return fn(self.database, cur, *args)
 
     async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(database, cursor, *args)`` on a reader thread."""
@@ -88,6 +95,45 @@ class Store:
     def run_read_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(database, cursor, *args)`` on a reader thread and wait for it."""
         return self._executor.submit(self._run_read, fn, *args).result()
+
+    def _read(
+        self, database: Database, cur: Any, path: str, start: Position | None, max_bytes: int
+    ) -> ReadResult:
+        now = time.time()
+        result, renew = reads.read(database, cur, path, start, max_bytes, now)
+        if renew:
+            self.renew(result.info, now)
+        return result
+
+    async def read(self, path: str, start: Position | None, max_bytes: int) -> ReadResult:
+        """One catch-up read on a reader thread; a sliding TTL is renewed through the writer."""
+        return await self.run_read(self._read, path, start, max_bytes)
+
+    def read_sync(self, path: str, start: Position | None, max_bytes: int) -> ReadResult:
+        """``read`` from synchronous code."""
+        return self.run_read_sync(self._read, path, start, max_bytes)
+
+    def renew(self, info: StreamInfo, at: float) -> None:
+        """Have the writer renew the sliding TTL of ``info``'s stream for a read made ``at``.
+
+        Fire and forget, and coalesced: while one renewal of a stream is queued, reads of it
+        queue no other (and once it has committed, ``reads.renewal_due`` spaces them a second
+        apart). Readers never write, so a read never waits for a lock.
+        """
+        with self._renewing_lock:
+            if info.id in self._renewing:
+                return
+            self._renewing.add(info.id)
+        try:
+            waiter = self.writer_for(info.path).submit(RenewOp(info.path, info.id, at))
+        except Unavailable:  # shutting down: the stream's next write renews it anyway
+            self._renewed(info.id)
+            return
+        waiter.add_done_callback(lambda _waiter: self._renewed(info.id))
+
+    def _renewed(self, stream_id: int) -> None:
+        with self._renewing_lock:
+            self._renewing.discard(stream_id)
 
     def writer_for(self, path: str) -> Writer:
         """The writer of ``path``: every change to one stream goes through the same writer."""
@@ -303,12 +349,8 @@ def read(
     path: str, offset: str | Position | None = "-1", *, max_bytes: int | None = None
 ) -> ReadResult:
     """Read ``path`` from ``offset``. See ``aread``."""
-    return get_store().run_read_sync(
-        reads.read,
-        check_path(path),
-        _position(offset),
-        max_bytes or ds_settings.MAX_READ_BYTES,
-        time.time(),
+    return get_store().read_sync(
+        check_path(path), _position(offset), max_bytes or ds_settings.MAX_READ_BYTES
     )
 
 
@@ -316,12 +358,8 @@ async def aread(
     path: str, offset: str | Position | None = "-1", *, max_bytes: int | None = None
 ) -> ReadResult:
     """One catch-up read from ``offset`` (``-1``: start, ``now``: tail), about ``max_bytes``."""
-    return await get_store().run_read(
-        reads.read,
-        check_path(path),
-        _position(offset),
-        max_bytes or ds_settings.MAX_READ_BYTES,
-        time.time(),
+    return await get_store().read(
+        check_path(path), _position(offset), max_bytes or ds_settings.MAX_READ_BYTES
     )
 
 

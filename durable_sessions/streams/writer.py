@@ -2,12 +2,19 @@
 
 Callers queue operations and wait. The thread takes everything queued, runs consecutive appends
 as one transaction (``commit.apply_appends``) and every other operation in a transaction of its
-own, in queue order, and only after the commit hands the results back. Results and change notices
-for callers on an asyncio loop are delivered with one ``call_soon_threadsafe`` per loop and batch,
-notices first, so a live reader on that loop sees a change no later than its writer's ack.
+own, in queue order, and only after the commit hands the results back. TTL renewals that reads
+asked for (``lifecycle.RenewOp``) go in one transaction after the rest of the batch. Results and
+change notices for callers on an asyncio loop are delivered with one ``call_soon_threadsafe`` per
+loop and batch, notices first, so a live reader on that loop sees a change no later than its
+writer's ack.
 
 A transaction that fails on a deadlock or a busy database is run again. When a batch of appends
 fails for another reason, each append is retried alone, so one bad append cannot fail the rest.
+
+Stopping (``stop``) finishes what is queued. If the thread is still busy when the wait is over
+(a commit held up by the database), the operations it has not started are failed with
+``Unavailable`` at once, and the connection stays with the thread, which closes it when it is
+done: a connection is never closed under a running commit.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ class Writer:
         self._publisher = publisher
         self._max_batch = max_batch
         self._sweep_interval = sweep_interval
-        self._name = name
+        self.name = name
         self._queue: deque[tuple[Any, Waiter]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -79,20 +86,51 @@ class Writer:
                 raise Unavailable("the stream writer is shutting down")
             self._queue.append((op, waiter))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify()
         return waiter
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish what is queued, then stop the thread and close its connection."""
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called: the writer takes no new operations."""
+        return self._stopping
+
+    @property
+    def queued(self) -> int:
+        """How many operations wait for the thread (not yet taken into a transaction)."""
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Finish what is queued, then stop the thread (which closes its connection).
+
+        Returns True when the thread finished within ``timeout`` seconds. Otherwise the
+        operations it has not started fail with ``Unavailable`` now, and the one it is running
+        keeps its connection until it ends.
+        """
         with self._cond:
             self._stopping = True
             thread = self._thread
             self._cond.notify()
-        if thread is not None:
-            thread.join(timeout)
-        self._conns.close_all()
+        if thread is None:
+            self._conns.close_all()
+            return True
+        thread.join(timeout)
+        if not thread.is_alive():
+            return True
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        if left:
+            logger.warning(
+                "stream writer still busy after %.1f s at shutdown: failing %d queued operations",
+                timeout,
+                len(left),
+            )
+            error = Unavailable("the stream writer is shutting down; retry on another server")
+            self._deliver([(waiter, error) for _op, waiter in left], [])
+        return False
 
     # -- the thread's side ---------------------------------------------------------------------
 
@@ -117,24 +155,28 @@ class Writer:
             return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._take()
-            if batch is None:
-                return
-            try:
-                if self._sweep_interval and time.monotonic() >= self._next_sweep:
-                    self._next_sweep = time.monotonic() + self._sweep_interval
-                    self._sweep()
-                self._execute(batch)
-            except BaseException as exc:  # never let the thread die with callers waiting
-                logger.exception("stream writer failed")
-                self._deliver(
-                    [
-                        (waiter, Unavailable(f"stream writer failed: {exc}"))
-                        for _op, waiter in batch
-                    ],
-                    [],
-                )
+        try:
+            while True:
+                batch = self._take()
+                if batch is None:
+                    return
+                try:
+                    self._execute(batch)
+                    if self._sweep_interval and time.monotonic() >= self._next_sweep:
+                        self._next_sweep = time.monotonic() + self._sweep_interval
+                        self._sweep()
+                except BaseException as exc:  # never let the thread die with callers waiting
+                    logger.exception("stream writer failed")
+                    self._deliver(
+                        [
+                            (waiter, Unavailable(f"stream writer failed: {exc}"))
+                            for _op, waiter in batch
+                            if not waiter.done()
+                        ],
+                        [],
+                    )
+        finally:
+            self._conns.close_all()  # the thread's own connection, closed by the thread
 
     def _sweep(self, limit: int = 100, rounds: int = 20) -> None:
         """Delete expired streams, ``limit`` per transaction, until none is left (or enough)."""
@@ -152,9 +194,13 @@ class Writer:
 
     def _execute(self, batch: list[tuple[Any, Waiter]]) -> None:
         run: list[tuple[Any, Waiter]] = []
+        renewals: list[tuple[Any, Waiter]] = []
         for item in batch:
             if isinstance(item[0], commit.AppendOp):
                 run.append(item)
+                continue
+            if isinstance(item[0], lifecycle.RenewOp):
+                renewals.append(item)
                 continue
             if run:
                 self._append_run(run)
@@ -162,6 +208,18 @@ class Writer:
             self._single(*item)
         if run:
             self._append_run(run)
+        if renewals:
+            self._renew(renewals)
+
+    def _renew(self, items: list[tuple[Any, Waiter]]) -> None:
+        ops = [op for op, _waiter in items]
+        try:
+            self._transaction(lambda cur, now: lifecycle.renew(self.database, cur, ops, now))
+        except Exception as exc:  # a renewal is best effort: the next read asks again
+            logger.warning("TTL renewal of %d streams failed: %r", len(ops), exc)
+            self._deliver([(waiter, _as_stream_error(exc)) for _op, waiter in items], [])
+            return
+        self._deliver([(waiter, None) for _op, waiter in items], [])
 
     def _append_run(self, run: list[tuple[Any, Waiter]]) -> None:
         ops = [op for op, _waiter in run]
@@ -170,8 +228,10 @@ class Writer:
                 lambda cur, now: commit.apply_appends(self.database, cur, ops, now)
             )
         except Exception as exc:
-            if len(run) == 1 or isinstance(exc, CommitUnknown):
-                # (After an unknown commit, appending again one by one could write twice.)
+            if len(run) == 1 or isinstance(exc, StreamError):
+                # A failure of the transaction itself (the database is gone, or the commit's
+                # outcome is unknown: appending again one by one could write twice), not of
+                # one of its appends: every append gets the same answer.
                 error = _as_stream_error(exc)
                 self._deliver([(waiter, error) for _op, waiter in run], [])
                 return
@@ -218,8 +278,9 @@ class Writer:
                 self._rollback(conn)
                 raise
             except Exception as exc:
+                lost = connection_lost(exc, conn)
                 self._rollback(conn)
-                if connection_lost(exc):
+                if lost:
                     self._conns.discard()
                     if attempt == 0 and not committing:
                         continue
@@ -229,6 +290,8 @@ class Writer:
                         raise CommitUnknown(f"connection lost while committing: {exc}") from exc
                     raise Unavailable(f"streams database unavailable: {exc}") from exc
                 if retryable(exc) and attempt < MAX_ATTEMPTS - 1:
+                    # (The database refused the transaction, a COMMIT included: nothing was
+                    # written, and running it again is safe.)
                     time.sleep(0.002 * (2**attempt))
                     continue
                 raise
