@@ -1,11 +1,14 @@
 """The streams layer: a durable, offset-addressed log and the Durable Streams protocol.
 
-The Python API (see ``store.py``): ``create``/``acreate``, ``fork``/``afork``,
-``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
-``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo`` and ``subscribe``.
+This is the edge the layers above import. The Python API (``api.py``): ``create``/``acreate``,
+``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
+``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, and ``subscribe`` (``live.py``).
+What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
+(``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
+with its HTTP status) and ``is_json`` are exported beside them.
 """
 
-from durable_sessions.streams.store import (
+from durable_sessions.streams.api import (
     aappend,
     aappend_json,
     aclose,
@@ -22,10 +25,47 @@ from durable_sessions.streams.store import (
     fork,
     info,
     read,
-    subscribe,
 )
+from durable_sessions.streams.commit import ProducerKey
+from durable_sessions.streams.content import is_json
+from durable_sessions.streams.errors import (
+    BadRequest,
+    CommitUnknown,
+    Conflict,
+    NotAuthenticated,
+    PayloadTooLarge,
+    PermissionDenied,
+    StaleProducerEpoch,
+    StreamClosed,
+    StreamError,
+    StreamGone,
+    StreamNotFound,
+    Unavailable,
+)
+from durable_sessions.streams.live import subscribe
+from durable_sessions.streams.offsets import START, Position, parse_offset
+from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
 
 __all__ = [
+    "START",
+    "Appended",
+    "BadRequest",
+    "CommitUnknown",
+    "Conflict",
+    "Created",
+    "NotAuthenticated",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Position",
+    "ProducerKey",
+    "ReadResult",
+    "StaleProducerEpoch",
+    "StreamClosed",
+    "StreamError",
+    "StreamGone",
+    "StreamInfo",
+    "StreamNotFound",
+    "Unavailable",
     "aappend",
     "aappend_json",
     "aclose",
@@ -41,6 +81,8 @@ __all__ = [
     "delete",
     "fork",
     "info",
+    "is_json",
+    "parse_offset",
     "read",
     "subscribe",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 from durable_sessions.auth import host_allowed
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
+from durable_sessions.streams.api import ainfo, aread
 from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.content import Payload, is_json, parse_json_body
 from durable_sessions.streams.errors import BadRequest, StreamError
@@ -43,7 +44,7 @@ from durable_sessions.streams.permissions import (
 )
 from durable_sessions.streams.records import ReadResult, StreamInfo
 from durable_sessions.streams.sse import event_stream
-from durable_sessions.streams.store import ainfo, aread, get_store
+from durable_sessions.streams.store import get_store
 
 logger = logging.getLogger("durable_sessions.streams.http")
 

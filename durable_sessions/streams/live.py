@@ -16,14 +16,14 @@ it has already delivered by sequence number, so nothing is delivered twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+from durable_sessions.streams.api import aread, position
 from durable_sessions.streams.content import is_json
 from durable_sessions.streams.errors import BadRequest, StreamNotFound
 from durable_sessions.streams.hub import Subscription, get_hub
 from durable_sessions.streams.offsets import NOW, Position
 from durable_sessions.streams.records import Notice, ReadResult, StoredEntry, StreamInfo
-from durable_sessions.streams.store import aread
 
 _stream_ids: dict[str, int] = {}  # path -> last known stream id (a hint, checked on every read)
 
@@ -191,3 +191,20 @@ class Follower:
         data = self._separator.join(entry.data for entry in entries)
         count = sum(entry.count for entry in entries)
         return ReadResult(self.info, start, data, count, position, True, closed)
+
+
+async def subscribe(path: str, offset: str | Position | None = "-1") -> AsyncIterator[ReadResult]:
+    """Follow ``path`` from ``offset``: catch up, then yield each new batch as it commits.
+
+    Ends after the batch that reaches the end of a closed stream; raises ``StreamNotFound`` or
+    ``StreamGone`` when the stream is deleted. Waiting costs no thread: it waits on the hub.
+    """
+    async with Follower(path, position(offset)) as follower:
+        while True:
+            batch = await follower.next(None)
+            if batch is None:
+                continue
+            if batch.count or batch.closed:
+                yield batch
+            if batch.closed:
+                return

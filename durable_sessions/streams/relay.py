@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, channel_layers
 
@@ -38,9 +38,6 @@ except ImportError:  # pragma: no cover
 
 from durable_sessions.streams.offsets import Position
 from durable_sessions.streams.records import Notice, StoredEntry
-
-if TYPE_CHECKING:
-    from durable_sessions.streams.hub import Hub
 
 logger = logging.getLogger("durable_sessions.streams.relay")
 
@@ -235,10 +232,28 @@ def get_relay() -> Relay:
     return _relay
 
 
+class LocalReaders(Protocol):
+    """What a ``HubLink`` needs of the live readers it receives for (the hub, ``hub.py``)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def deliver(self, notices: list[Notice]) -> None:
+        """Hand notices from another process to the local readers of their streams."""
+
+    def following(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` has local readers."""
+
+    def reread(self, stream_id: int) -> None:
+        """Make the local readers of ``stream_id`` read the database once."""
+
+    def resync(self) -> None:
+        """Make every local reader read the database (notices may have been lost)."""
+
+
 class HubLink:
     """A hub's receiving side: its channel, its stream groups, its announcements."""
 
-    def __init__(self, hub: Hub, layer: Any) -> None:
+    def __init__(self, hub: LocalReaders, layer: Any) -> None:
         self.hub = hub
         self.layer = layer
         self.channel: str | None = None

@@ -1,17 +1,9 @@
-"""The log's Python API: what HTTP, websockets, the upper layers and the agents call.
+"""One process's access to the log: its group-commit writers and its reader threads.
 
-Every function exists twice, the Django way: ``append()`` for synchronous code and ``aappend()``
-for async code. Writes go through the process's group-commit writer (``writer.py``); reads run on
-a small pool of reader threads with their own connections. Nothing here holds a thread while it
-waits for new data: ``subscribe()`` waits on the hub.
-
-    from durable_sessions import streams
-
-    await streams.acreate("chat/1", content_type="application/json")
-    await streams.aappend_json("chat/1", [{"text": "hi"}])
-    result = await streams.aread("chat/1", "-1")
-    async for batch in streams.subscribe("chat/1", result.next):
-        ...
+``get_store()`` gives the process's ``Store``, made on first use: writes go to the writer of
+their stream (``writer.py``), catch-up reads run on a small pool of reader threads with
+connections of their own. The Python API (``api.py``) and the HTTP and websocket front ends
+call it; ``reset_store()`` stops it (at shutdown, and between tests).
 """
 
 from __future__ import annotations
@@ -21,7 +13,7 @@ import atexit
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,15 +21,14 @@ from django.db import connections
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import reads
-from durable_sessions.streams.commit import AppendOp, ProducerKey
-from durable_sessions.streams.content import Payload, json_payload
+from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.db import ConnectionLost, Database, ThreadConnections
 from durable_sessions.streams.errors import PayloadTooLarge, Unavailable
 from durable_sessions.streams.hub import LocalPublisher
-from durable_sessions.streams.lifecycle import CreateOp, DeleteOp, RenewOp
-from durable_sessions.streams.offsets import NOW, Position, parse_read_offset
+from durable_sessions.streams.lifecycle import RenewOp
+from durable_sessions.streams.offsets import Position
 from durable_sessions.streams.protocol import parse_stream_path
-from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
+from durable_sessions.streams.records import ReadResult, StreamInfo
 from durable_sessions.streams.writer import Writer
 
 T = TypeVar("T")
@@ -198,195 +189,3 @@ def check_op(op: Any) -> None:
     size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
     if size > ds_settings.MAX_APPEND_BYTES:
         raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")
-
-
-def _position(offset: str | Position | None) -> Position | None:
-    if isinstance(offset, Position):
-        return offset
-    parsed = parse_read_offset(offset)
-    return None if parsed == NOW else parsed  # type: ignore[return-value]
-
-
-def _create_op(
-    path: str,
-    *,
-    content_type: str | None = None,
-    data: bytes | str = b"",
-    ttl: int | None = None,
-    expires_at: float | None = None,
-    closed: bool = False,
-    fork_from: str | None = None,
-    fork_offset: str | Position | None = None,
-    fork_sub_offset: int = 0,
-) -> CreateOp:
-    offset = None
-    if fork_offset is not None:
-        offset = fork_offset if isinstance(fork_offset, Position) else _position(fork_offset)
-    return CreateOp(
-        path,
-        content_type,
-        ttl,
-        expires_at,
-        closed,
-        data.encode() if isinstance(data, str) else bytes(data),
-        fork_from,
-        offset,
-        fork_sub_offset,
-    )
-
-
-def _append_op(
-    path: str,
-    data: bytes | str | Payload | None,
-    *,
-    content_type: str | None = None,
-    close: bool = False,
-    seq: str | None = None,
-    producer: ProducerKey | None = None,
-) -> AppendOp:
-    if isinstance(data, Payload) or data is None:
-        return AppendOp(path, data, content_type, close, seq, producer)
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    return AppendOp(path, None, content_type, close, seq, producer, raw=raw or None)
-
-
-def create(path: str, **options: Any) -> Created:
-    """Create a stream (or confirm an identical one). See ``acreate``."""
-    return get_store().write_sync(_create_op(path, **options))
-
-
-async def acreate(path: str, **options: Any) -> Created:
-    """Create the stream at ``path``; ``Created.created`` is False when it already existed.
-
-    Options: ``content_type`` (default ``application/octet-stream``), ``data`` (initial body),
-    ``ttl`` (seconds, sliding), ``expires_at`` (epoch seconds), ``closed``.
-    """
-    return await get_store().write(_create_op(path, **options))
-
-
-def fork(path: str, source: str, **options: Any) -> Created:
-    """Fork ``source`` into a new stream at ``path``. See ``afork``."""
-    return get_store().write_sync(_fork_op(path, source, **options))
-
-
-async def afork(path: str, source: str, **options: Any) -> Created:
-    """Create ``path`` as a fork of ``source`` at ``offset`` (default: the source's tail).
-
-    Options: ``offset``, ``sub_offset``, and the options of ``acreate``.
-    """
-    return await get_store().write(_fork_op(path, source, **options))
-
-
-def _fork_op(
-    path: str,
-    source: str,
-    *,
-    offset: str | Position | None = None,
-    sub_offset: int = 0,
-    **options: Any,
-) -> CreateOp:
-    return _create_op(
-        path, fork_from=source, fork_offset=offset, fork_sub_offset=sub_offset, **options
-    )
-
-
-def append(path: str, data: bytes | str, **options: Any) -> Appended:
-    """Append ``data`` to ``path``. See ``aappend``."""
-    return get_store().write_sync(_append_op(path, data, **options))
-
-
-async def aappend(path: str, data: bytes | str, **options: Any) -> Appended:
-    """Append ``data`` (the body of one POST) and wait until it is durable.
-
-    Options: ``content_type`` (checked against the stream's when given), ``close``, ``seq``
-    (``Stream-Seq``), ``producer`` (``(id, epoch, seq)`` of an idempotent producer).
-    """
-    return await get_store().write(_append_op(path, data, **options))
-
-
-def append_json(path: str, messages: list[Any], **options: Any) -> Appended:
-    """Append JSON messages to a JSON stream. See ``aappend_json``."""
-    return get_store().write_sync(_append_op(path, _messages(messages), **_json(options)))
-
-
-async def aappend_json(path: str, messages: list[Any], **options: Any) -> Appended:
-    """Append ``messages`` (Python values, one message each) to a JSON stream."""
-    return await get_store().write(_append_op(path, _messages(messages), **_json(options)))
-
-
-def _messages(messages: list[Any]) -> Payload:
-    payload = json_payload(messages)
-    if payload is None:
-        raise ValueError("append_json needs at least one message")
-    return payload
-
-
-def _json(options: dict[str, Any]) -> dict[str, Any]:
-    return {"content_type": "application/json", **options}
-
-
-def close(path: str, *, producer: ProducerKey | None = None) -> Appended:
-    """Close ``path``. See ``aclose``."""
-    return get_store().write_sync(AppendOp(path, None, close=True, producer=producer))
-
-
-async def aclose(path: str, *, producer: ProducerKey | None = None) -> Appended:
-    """Close ``path`` (idempotent): no append is accepted afterwards."""
-    return await get_store().write(AppendOp(path, None, close=True, producer=producer))
-
-
-def delete(path: str) -> None:
-    """Delete ``path``. See ``adelete``."""
-    get_store().write_sync(DeleteOp(path))
-
-
-async def adelete(path: str) -> None:
-    """Delete ``path`` and its data (kept, as 410, while forks read from it)."""
-    await get_store().write(DeleteOp(path))
-
-
-def read(
-    path: str, offset: str | Position | None = "-1", *, max_bytes: int | None = None
-) -> ReadResult:
-    """Read ``path`` from ``offset``. See ``aread``."""
-    return get_store().read_sync(
-        check_path(path), _position(offset), max_bytes or ds_settings.MAX_READ_BYTES
-    )
-
-
-async def aread(
-    path: str, offset: str | Position | None = "-1", *, max_bytes: int | None = None
-) -> ReadResult:
-    """One catch-up read from ``offset`` (``-1``: start, ``now``: tail), about ``max_bytes``."""
-    return await get_store().read(
-        check_path(path), _position(offset), max_bytes or ds_settings.MAX_READ_BYTES
-    )
-
-
-def info(path: str) -> StreamInfo:
-    """The metadata of ``path``. See ``ainfo``."""
-    return get_store().run_read_sync(reads.info, check_path(path), time.time())
-
-
-async def ainfo(path: str) -> StreamInfo:
-    """The metadata of ``path``: content type, tail, closed, TTL (does not renew the TTL)."""
-    return await get_store().run_read(reads.info, check_path(path), time.time())
-
-
-async def subscribe(path: str, offset: str | Position | None = "-1") -> AsyncIterator[ReadResult]:
-    """Follow ``path`` from ``offset``: catch up, then yield each new batch as it commits.
-
-    Ends after the batch that reaches the end of a closed stream; raises ``StreamNotFound`` or
-    ``StreamGone`` when the stream is deleted.
-    """
-    from durable_sessions.streams.live import Follower
-
-    async with Follower(path, _position(offset)) as follower:
-        while True:
-            batch = await follower.next(None)
-            if batch is None:
-                continue
-            if batch.count or batch.closed:
-                yield batch
-            if batch.closed:
-                return

@@ -1,4 +1,4 @@
-"""The log's Python API (durable_sessions/streams/store.py), on the configured database."""
+"""The log's Python API (durable_sessions/streams/api.py), on the configured database."""
 
 from __future__ import annotations
 
@@ -422,3 +422,19 @@ async def test_a_follower_hands_live_notices_to_its_direct_reader_while_it_waits
         await streams.aappend("t/direct", "c")
         batch = await asyncio.wait_for(waiting, 10)
     assert batch.body == b"c" and batch.start == Position(2, 2)
+
+
+def test_the_api_takes_typed_keywords_only():
+    streams.create("t/kw", content_type="text/plain")
+    with pytest.raises(TypeError):
+        streams.append("t/kw", "x", contenttype="text/plain")  # a typo is an error, not ignored
+    with pytest.raises(TypeError):
+        streams.create("t/kw2", "text/plain")  # keywords only
+    with pytest.raises(TypeError):
+        streams.fork("t/kw3", "t/kw", offst="-1")
+
+
+def test_the_package_exports_what_callers_need():
+    for name in ("Position", "START", "StreamError", "StreamNotFound", "ReadResult", "Created"):
+        assert hasattr(streams, name), name
+    assert streams.parse_offset(str(streams.START)) == streams.START
