@@ -12,6 +12,7 @@ SQL is written once with ``%s`` placeholders; ``Database.sql()`` adapts it to SQ
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -94,6 +95,12 @@ def sqlite_synchronous() -> str:
     return value
 
 
+def application_name() -> str:
+    """What the log's connections of this thread call themselves in ``pg_stat_activity``:
+    the thread's name and the process id."""
+    return f"{threading.current_thread().name} pid {os.getpid()}"[:63]
+
+
 class Database:
     """Opens and configures connections for one Django database alias."""
 
@@ -126,8 +133,7 @@ class Database:
                 if "prepare_threshold" not in options:
                     params.pop("prepare_threshold", None)  # psycopg's default: prepare hot SQL
                 params.setdefault("connect_timeout", CONNECT_TIMEOUT)  # a host that went away
-                # Which thread of the log holds a connection, for pg_stat_activity.
-                params.setdefault("application_name", threading.current_thread().name[:63])
+                params.setdefault("application_name", application_name())
                 conn = psycopg.connect(**params, autocommit=True)
                 return conn
             name = str(wrapper.settings_dict["NAME"])

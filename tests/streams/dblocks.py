@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,15 +13,17 @@ from django.db import connection
 from durable_sessions.streams.db import STREAM, Database
 
 
-def backends(application_prefix: str) -> list[dict[str, Any]]:
-    """Postgres: the log's connections to the test database whose application name starts with
-    ``application_prefix`` (the log names its connections after their threads)."""
+def backends(thread_prefix: str) -> list[dict[str, Any]]:
+    """Postgres: this process's connections to the test database held by threads whose name
+    starts with ``thread_prefix`` (the log names its connections after thread and process)."""
     with Database().connect() as conn:
         rows = conn.execute(
             "SELECT pid, application_name, wait_event_type, state FROM pg_stat_activity"
             " WHERE datname = current_database() AND application_name LIKE %s",
-            [application_prefix + "%"],
+            [thread_prefix + "%"],
         ).fetchall()
+    mine = f" pid {os.getpid()}"
+    rows = [row for row in rows if row[1].endswith(mine)]
     return [dict(zip(("pid", "name", "wait", "state"), row, strict=True)) for row in rows]
 
 

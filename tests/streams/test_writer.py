@@ -126,7 +126,7 @@ def test_the_postgres_log_commits_synchronously():
     conn.close()
 
 
-def test_a_deadlock_is_retried_on_the_same_connection():
+def test_a_deadlock_is_retried_on_the_same_connection(request):
     """Postgres reports a deadlock as an OperationalError on a connection that is fine: the
     writer used to take it for a lost connection (a new connection, then 503 on a second one)."""
     if connection.vendor != "postgresql":
@@ -138,6 +138,7 @@ def test_a_deadlock_is_retried_on_the_same_connection():
     writer = get_store().writer_for("w/dl-a")
     [before] = [b["pid"] for b in backends(writer.name)]
     other = Database().connect()
+    request.addfinalizer(other.close)
     other.execute("BEGIN")
     other.execute("SELECT 1 FROM durable_sessions_stream WHERE path = 'w/dl-b' FOR UPDATE")
     # The writer locks a, then waits for b; we then ask for a: one of us is a deadlock victim.
