@@ -104,10 +104,14 @@ _lookups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lookups] = (
 
 
 async def _look_up_again(scope: dict[str, Any]) -> tuple[Any, str | None]:
-    # A connection opened long ago may have gone stale (CONN_MAX_AGE), as Channels assumes
-    # before every consumer message.
+    # As Channels' database_sync_to_async does: before, the connection may have gone stale
+    # since the last lookup; after, it is closed unless CONN_MAX_AGE keeps it (the next lookup
+    # may be an interval away).
     await aclose_old_connections()
-    return await authenticate(scope)
+    try:
+        return await authenticate(scope)
+    finally:
+        await aclose_old_connections()
 
 
 async def authenticate_again(

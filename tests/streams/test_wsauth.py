@@ -91,12 +91,14 @@ async def opened(ws: WebsocketCommunicator) -> None:
 
 
 async def frames_until_close(ws: WebsocketCommunicator, code: int) -> list[dict]:
-    """The frames the socket sends before it closes, which it must, with ``code``."""
+    """The frames the socket sends before it closes, which it must, with ``code``; then the
+    client answers the close, as a real one does."""
     frames = []
     while True:
         message = await ws.receive_output(TIMEOUT)
         if message["type"] == "websocket.close":
             assert message["code"] == code, frames
+            await ws.disconnect(code)
             return frames
         frames.append(json.loads(message["text"]))
 
