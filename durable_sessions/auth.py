@@ -4,15 +4,22 @@ The stream endpoints run in front of Django's middleware, so they authenticate h
 Django's own session engine and user lookup: ``Authorization: Token <key>`` (or ``Bearer``) when
 ``rest_framework.authtoken`` is installed, else the session cookie, else an anonymous user.
 A client that sends neither costs no database query.
+
+``authenticate_again`` serves long-lived connections (websockets) that must notice a user
+deactivated, a token deleted or a session ended: connections showing the same credentials
+share one lookup per interval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from http.cookies import SimpleCookie
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
+from channels.db import aclose_old_connections
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import aget_user
@@ -75,6 +82,73 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, str | None]:
             if user.is_authenticated:
                 return user, "session"
     return AnonymousUser(), None
+
+
+class _Lookups:
+    """The recent re-authentications of one event loop, by credentials."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str | None, str | None], tuple[float, asyncio.Future]] = {}
+        self.pruned_at = 0.0
+
+    def prune(self, now: float, max_age: float) -> None:
+        """Forget lookups older than ``max_age``; a pass at most once per ``max_age``."""
+        if now - self.pruned_at >= max_age:
+            self.by_key = {k: v for k, v in self.by_key.items() if now - v[0] < max_age}
+            self.pruned_at = now
+
+
+_lookups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lookups] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _look_up_again(scope: dict[str, Any]) -> tuple[Any, str | None]:
+    # As Channels' database_sync_to_async does: before, the connection may have gone stale
+    # since the last lookup; after, it is closed unless CONN_MAX_AGE keeps it (the next lookup
+    # may be an interval away).
+    await aclose_old_connections()
+    try:
+        return await authenticate(scope)
+    finally:
+        await aclose_old_connections()
+
+
+async def authenticate_again(
+    scope: dict[str, Any], max_age: float
+) -> tuple[Any, str | None, float]:
+    """``authenticate(scope)`` done afresh, or shared with a lookup of the same credentials
+    started less than ``max_age`` seconds ago: ``(user, via, started)``, where ``started`` is
+    the event loop's time when that lookup began (what the result is as fresh as).
+
+    N sockets opened with one token or one session cookie cost one lookup per ``max_age``, not N.
+    A failed lookup is not shared: the next caller tries again.
+    """
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    key = (header(scope, b"authorization"), header(scope, b"cookie"))
+    if key == (None, None):
+        return AnonymousUser(), None, now  # nothing to look up
+    lookups = _lookups.get(loop)
+    if lookups is None:
+        lookups = _lookups[loop] = _Lookups()
+    lookups.prune(now, max_age)
+    entry = lookups.by_key.get(key)
+    if entry is None or now - entry[0] >= max_age:
+        entry = (now, asyncio.ensure_future(_look_up_again(scope)))
+        lookups.by_key[key] = entry
+        entry[1].add_done_callback(lambda done: _forget_failure(lookups, key, done))
+    started, lookup = entry
+    # Shielded: one caller going away (its socket closed) must not cancel the others' lookup.
+    user, via = await asyncio.shield(lookup)
+    return user, via, started
+
+
+def _forget_failure(lookups: _Lookups, key: tuple, done: asyncio.Future) -> None:
+    if done.cancelled() or done.exception() is not None:
+        entry = lookups.by_key.get(key)
+        if entry is not None and entry[1] is done:
+            del lookups.by_key[key]
 
 
 def host_allowed(scope: dict[str, Any]) -> bool:

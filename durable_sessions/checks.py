@@ -25,6 +25,7 @@ POSITIVE_NUMBERS = {
     "READER_THREADS",
     "LIVE_RECHECK_INTERVAL",
     "EXPIRY_SWEEP_INTERVAL",
+    "AUTH_RECHECK_INTERVAL",
 }
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
 CORP_VALUES = ("same-origin", "same-site", "cross-origin")

@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PATH_LENGTH": 1024,
     # Who may do what on the raw stream endpoints (a class with has_permission()).
     "PERMISSION_POLICY": "durable_sessions.streams.permissions.IsAuthenticated",
+    # Seconds after which an open websocket's user is authenticated and authorized again.
+    "AUTH_RECHECK_INTERVAL": 60.0,
     # Origins allowed by CORS on the stream endpoints; "*" allows any origin (no credentials).
     "CORS_ALLOWED_ORIGINS": ["*"],
     # Value of the Cross-Origin-Resource-Policy header on stream responses.

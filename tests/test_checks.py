@@ -41,6 +41,7 @@ def test_bad_values_are_reported():
         ("LONG_POLL_TIMEOUT", float("nan")),
         ("LONG_POLL_TIMEOUT", float("inf")),
         ("MAX_PATH_LENGTH", 4096),
+        ("AUTH_RECHECK_INTERVAL", 0),
     ):
         with override_settings(DURABLE_SESSIONS={key: value}):
             assert "durable_sessions.E003" in ids(), (key, value)

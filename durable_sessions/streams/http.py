@@ -148,10 +148,11 @@ async def handle_put(request: Request, extra: list[tuple[str, str]]) -> None:
         fork_offset=protocol.parse_fork_offset(header("stream-fork-offset")),
         fork_sub_offset=protocol.parse_sub_offset(header("stream-fork-sub-offset")),
     )
-    op.body = await request.body(ds_settings.MAX_APPEND_BYTES)
+    # Authorized from the headers alone: a refused client is answered before it sends its body.
     await check(request, CREATE)
     if op.fork_from is not None:
         await check(request, READ, op.fork_from)
+    op.body = await request.body(ds_settings.MAX_APPEND_BYTES)
     created = await get_store().write(op)
     headers = [*extra, *stream_headers(created.info)]
     if created.created:
@@ -187,8 +188,8 @@ async def handle_post(request: Request, extra: list[tuple[str, str]]) -> None:
     )
     stream_seq = protocol.parse_stream_seq(header("stream-seq"))
     content_type = protocol.parse_content_type(header("content-type"))
+    await check(request, APPEND)  # before the body, as for PUT
     body = await request.body(ds_settings.MAX_APPEND_BYTES)
-    await check(request, APPEND)
     payload = error = None
     if body:
         if content_type is None:

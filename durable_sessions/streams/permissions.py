@@ -1,9 +1,10 @@
 """Who may do what on the raw stream endpoints: the permission policy.
 
 ``DURABLE_SESSIONS["PERMISSION_POLICY"]`` names a class; the HTTP and websocket front ends
-create it once and ask ``has_permission(access)`` before every operation. It may return a bool
-or an awaitable of one (a policy that looks something up in the database). A refused anonymous
-client gets 401, a refused authenticated one 403.
+create it once and ask ``has_permission(access)`` before every operation (a websocket: when it
+opens, at its first append frame, and again every ``AUTH_RECHECK_INTERVAL``, see
+``wsauth.py``). It may return a bool or an awaitable of one (a policy that looks something up
+in the database). A refused anonymous client gets 401, a refused authenticated one 403.
 
 Actions: ``read`` (GET, HEAD, live reads, the source of a fork), ``create`` (PUT), ``append``
 (POST: appends and closes), ``delete`` (DELETE).
@@ -15,7 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable_sessions.auth import authenticate, same_origin_or_allowed
+from durable_sessions.auth import authenticate, authenticate_again, same_origin_or_allowed
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.errors import NotAuthenticated, PermissionDenied
 
@@ -100,6 +101,14 @@ class Caller:
         self.cross_site_reads = cross_site_reads
         self.user: Any = None
         self.via: str | None = None
+
+    async def authenticate_again(self, max_age: float) -> float:
+        """Find out again who is calling (for a connection that outlives its credentials: a
+        token deleted, a session ended, a user deactivated); the next ``authorize`` judges that
+        user. Returns the event loop time the lookup started (see ``auth.authenticate_again``).
+        """
+        self.user, self.via, started = await authenticate_again(self.scope, max_age)
+        return started
 
     async def authorize(self, action: str, path: str) -> None:
         """Return if allowed; raise ``NotAuthenticated`` (401) or ``PermissionDenied`` (403)."""

@@ -6,7 +6,8 @@ acknowledged after their commit, many in flight at once. Frames go out as their 
 committed: a socket that is caught up is sent new data straight from the hub's pass over the
 stream's readers (``send_now``), without a task wake-up per socket; a reader that falls behind
 reads from the database in pages, and one whose socket stays blocked for
-``WEBSOCKET_SEND_TIMEOUT`` is closed with 4008 and the offset to resume from.
+``WEBSOCKET_SEND_TIMEOUT`` is closed with 4008 and the offset to resume from. Who may read
+and append is checked at the handshake and again later (``wsauth.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from durable_sessions.streams import eager, protocol, wsframes
 from durable_sessions.streams.errors import BadRequest, StreamError
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, parse_read_offset
-from durable_sessions.streams.permissions import APPEND, READ, Caller
 from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
+from durable_sessions.streams.wsauth import SocketAuth, rechecks_needed
 
 logger = logging.getLogger("durable_sessions.streams.ws")
 
@@ -52,12 +53,17 @@ def watch(socket: StreamSocket) -> None:
 
 
 def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> None:
-    """Once a second: stop the follower of any socket whose send has been blocked too long.
+    """Once a second: stop the follower of any socket whose send has been blocked too long,
+    and start checking again the user of any socket checked ``AUTH_RECHECK_INTERVAL`` ago.
 
     One timer for all sockets, instead of a timeout around each of a thousand sends a batch.
     """
-    limit = loop.time() - ds_settings.WEBSOCKET_SEND_TIMEOUT
+    now = loop.time()
+    limit = now - ds_settings.WEBSOCKET_SEND_TIMEOUT
+    recheck = rechecks_needed()
     for socket in list(sockets):
+        if recheck and socket.auth.due(now):
+            socket.auth.start_recheck()  # in a task: the lookup goes through the async ORM
         since = socket.sending_since
         if since is not None and since < limit and socket.pump is not None:
             logger.info("websocket reader of %s stopped reading; closing it", socket.path)
@@ -86,6 +92,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.pending = set()
         self.sending_since = None
         self._sending = 0
+        self.auth: SocketAuth | None = None
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
@@ -97,6 +104,8 @@ class StreamSocket(AsyncWebsocketConsumer):
                     task.cancel()
             for task in list(self.pending):
                 task.cancel()
+            if self.auth is not None:
+                self.auth.close()
             if self.follower is not None:
                 self.follower.close()
 
@@ -113,8 +122,7 @@ class StreamSocket(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.content_type = ""
-        self.may_append = False
-        self.caller = Caller(self.scope, cross_site_reads=False)
+        self.auth = SocketAuth(self.scope, self.close_refused)
         self.delivered: Any = None
         await self.accept()
         try:
@@ -130,7 +138,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             if len(query) != len(pairs):
                 raise BadRequest("a query parameter appears more than once", code="invalid_query")
             start = parse_read_offset(query.get("offset"))
-            await self.caller.authorize(READ, path)
+            await self.auth.admit(path)
             self.path = path
             self.follower = Follower(path, None if start == NOW else start, self.send_now)
             first = await self.follower.next(None)
@@ -297,9 +305,8 @@ class StreamSocket(AsyncWebsocketConsumer):
             await self.send_error(exc, ref)
 
     async def append(self, frame: dict[str, Any], ref: Any) -> None:
-        if not self.may_append:  # the policy is asked once per connection
-            await self.caller.authorize(APPEND, self.path)
-            self.may_append = True
+        if not await self.auth.authorize_append(ref):
+            return  # the user may no longer read: the socket is closing
         op = wsframes.append_op(frame, self.path, self.content_type)
         check_op(op)
         if len(self.pending) >= MAX_IN_FLIGHT:  # stop reading frames until acks drain
@@ -309,6 +316,17 @@ class StreamSocket(AsyncWebsocketConsumer):
         task = asyncio.ensure_future(self.acknowledge(waiter, ref))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
+
+    async def close_refused(self, exc: StreamError, ref: Any) -> None:
+        """The user may no longer read (``SocketAuth.recheck``): stop sending data, send the
+        error, close."""
+        for task in (self.pump, self.sending):
+            if task is not None:
+                task.cancel()
+        if self.follower is not None:
+            self.follower.close()  # the hub no longer hands it data (send_now)
+        await self.send_error(exc, ref)
+        await self.end(wsframes.close_code(exc))
 
     async def acknowledge(self, waiter: asyncio.Future, ref: Any) -> None:
         try:

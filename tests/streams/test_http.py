@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
+from tests.servers import ServerProcess
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -421,3 +423,33 @@ def test_a_bad_token_beside_a_good_session_cookie_is_anonymous(private):
         name(), headers={"cookie": f"sessionid={cookie}", "authorization": "Token wrong"}
     )
     assert response.status_code == 401
+
+
+@pytest.fixture(scope="module")
+def private_uvicorn(django_db_setup, django_db_blocker):
+    """uvicorn with the default policy: it hands the app the body as it arrives (daphne waits
+    for the whole body before it calls the app, so there the body is spent before any check)."""
+    with django_db_blocker.unblock():
+        server = ServerProcess(server="uvicorn", public=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+def test_an_anonymous_write_gets_its_401_before_sending_its_body(private_uvicorn, method):
+    """It declares 8 MB and sends 5 bytes: the answer comes without the rest."""
+    raw = (
+        f"{method} /v1/stream/{name()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: text/plain\r\nContent-Length: 8000000\r\n\r\nhello"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", private_uvicorn.port), timeout=5) as sock:
+        sock.sendall(raw)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)  # a server waiting for the body times out here (5 s)
+            assert chunk, "the server closed the connection without an answer"
+            head += chunk
+    status, *lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    assert status.split()[1] == "401"
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    assert headers["www-authenticate"] == 'token realm="streams"'
