@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.servers import ServerProcess, free_port
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,25 +31,29 @@ TIMEOUT = 60
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, which it may stop, start and flush."""
+    """A redis-server of the test's own, on a unix socket in a private directory, which it may
+    stop, start and flush (no port that another process could take between runs)."""
 
     def __init__(self) -> None:
         assert shutil.which("redis-server"), "redis-server is needed for the fan-out tests"
-        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="ds-redis-")
+        self.path = os.path.join(self.directory, "redis.sock")
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.path}?db=0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+                "0",
+                "--unixsocket",
+                self.path,
+                "--unixsocketperm",
+                "700",
                 "--save",
                 "",
                 "--appendonly",
@@ -58,7 +63,7 @@ class PrivateRedis:
             stderr=subprocess.STDOUT,
         )
         for line in self.process.stdout:  # wait for its own word that it is ready
-            if b"Ready to accept connections" in line:
+            if b"ready to accept connections" in line.lower():
                 # Keep draining its output so that it never blocks on a full pipe.
                 threading.Thread(target=self.process.stdout.read, daemon=True).start()
                 return
@@ -70,9 +75,11 @@ class PrivateRedis:
             self.process.wait(10)
 
     def flush(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True
-        )
+        subprocess.run(["redis-cli", "-s", self.path, "FLUSHALL"], check=True, capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,7 +87,7 @@ def redis_server():
     server = PrivateRedis()
     server.start()
     yield server
-    server.stop()
+    server.remove()
 
 
 def cluster(count: int, redis: PrivateRedis | None) -> list[ServerProcess]:
@@ -159,7 +166,7 @@ async def test_fifty_readers_get_every_message_once_in_order(topology, request):
     if topology.startswith("two"):
         redis = PrivateRedis()
         redis.start()
-        request.addfinalizer(redis.stop)
+        request.addfinalizer(redis.remove)
     servers = cluster(2 if redis else 1, redis)
     try:
         a, b = servers[0], servers[-1]
