@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -271,6 +272,29 @@ def test_ttl_expiry_makes_the_stream_disappear(monkeypatch):
         streams.read("t/ttl")
     created = streams.create("t/ttl", content_type="text/plain")
     assert created.created
+
+
+def test_the_expiry_sweep_deletes_expired_streams_that_nobody_touches():
+    """Reads hide an expired stream by themselves; deleting it is the job of the writer's sweep
+    (every EXPIRY_SWEEP_INTERVAL, 0.5 s in the tests): its row, entries and producers go while
+    nobody reads or writes it. Watched through the ORM, which renews no TTL."""
+    from durable_sessions.streams.models import Entry, Producer, Stream
+
+    streams.create("t/swept", content_type="text/plain", ttl=2)
+    streams.append("t/swept", "a", producer=("p", 0, 0))
+    streams.append("t/swept", "b", producer=("p", 0, 1))
+    streams.create("t/kept", content_type="text/plain", data="k")
+    swept = Stream.objects.get(path="t/swept").pk
+    assert Entry.objects.filter(stream_id=swept).count() == 2
+    assert Producer.objects.filter(stream_id=swept).count() == 1
+    deadline = time.monotonic() + 20
+    while Stream.objects.filter(pk=swept).exists():
+        assert time.monotonic() < deadline, "the expired stream was never swept"
+        time.sleep(0.05)
+    assert not Entry.objects.filter(stream_id=swept).exists()
+    assert not Producer.objects.filter(stream_id=swept).exists()
+    kept = Stream.objects.get(path="t/kept")
+    assert Entry.objects.filter(stream=kept).count() == 1
 
 
 async def test_async_api_and_concurrent_appends_are_gap_free():
