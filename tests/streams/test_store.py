@@ -442,7 +442,10 @@ async def test_a_follower_hands_live_notices_to_its_direct_reader_while_it_waits
     async with Follower("t/direct", START, direct) as follower:
         await follower.next(None)
         waiting = asyncio.ensure_future(follower.next(None))
-        await asyncio.sleep(0)  # next() is waiting on its subscription now
+        deadline = time.monotonic() + 10
+        while not follower._subscription.waiting:  # until next() waits on its subscription
+            assert time.monotonic() < deadline and not waiting.done()
+            await asyncio.sleep(0.001)
         await streams.aappend("t/direct", "a")
         await streams.aappend("t/direct", "b")
         assert taken == [b"a", b"b"] and not waiting.done()
