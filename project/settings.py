@@ -107,6 +107,10 @@ if os.environ.get("DS_WEBSOCKET_SEND_TIMEOUT"):
     DURABLE_SESSIONS["WEBSOCKET_SEND_TIMEOUT"] = float(os.environ["DS_WEBSOCKET_SEND_TIMEOUT"])
 if os.environ.get("DS_SQLITE_SYNCHRONOUS"):
     DURABLE_SESSIONS["SQLITE_SYNCHRONOUS"] = os.environ["DS_SQLITE_SYNCHRONOUS"]
+if os.environ.get("DS_LIVE_RECHECK_INTERVAL"):
+    DURABLE_SESSIONS["LIVE_RECHECK_INTERVAL"] = float(os.environ["DS_LIVE_RECHECK_INTERVAL"])
+if os.environ.get("DS_WRITER_THREADS"):
+    DURABLE_SESSIONS["WRITER_THREADS"] = int(os.environ["DS_WRITER_THREADS"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
 

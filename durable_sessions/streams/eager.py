@@ -24,7 +24,12 @@ def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
         awaited = coro.send(None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_resume(coro, awaited))
+    resumed = _resume(coro, awaited)
+    # Run the task's coroutine up to its first pause (``_Resumed``'s handshake) before the task
+    # exists: a task cancelled before its first step throws into a coroutine that has not
+    # begun, which would never reach ``coro``.
+    resumed.send(None)
+    return asyncio.ensure_future(resumed)
 
 
 async def _resume(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:
@@ -35,7 +40,8 @@ class _Resumed:
     """Hands the future ``coro`` is waiting on to the task, then drives ``coro`` to its end.
 
     The task wakes on that future and sends its result (or throws its exception, a
-    cancellation included) into ``coro`` exactly as if the task had run it from the start.
+    cancellation included) into ``coro`` exactly as if the task had run it from the start. A
+    cancellation that comes before the task's first step reaches ``coro`` too.
     """
 
     __slots__ = ("awaited", "coro")
@@ -46,6 +52,16 @@ class _Resumed:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, awaited = self.coro, self.awaited
+        try:
+            yield  # the handshake: start() stops here; the task's first step goes on from here
+        except BaseException as exc:  # cancelled before its first step
+            # As Task.cancel() does for a task that waits: cancel what ``coro`` waits on, so
+            # that it wakes with the cancellation; throw it in if there is nothing to cancel.
+            if not (asyncio.isfuture(awaited) and awaited.cancel()):
+                try:
+                    awaited = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
         while True:
             try:
                 value = yield awaited

@@ -55,22 +55,53 @@ async def test_errors_before_waiting_reach_the_caller_and_after_it_the_task():
 
 
 async def test_cancelling_the_task_cancels_the_coroutine_where_it_waits():
-    gate = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    started, gate = loop.create_future(), loop.create_future()
+    waiting = asyncio.Event()
     cleaned = []
 
     async def held() -> None:
         try:
+            await started  # start() returns here; the rest runs in the task
+            waiting.set()
             await gate
         finally:
             cleaned.append(True)
 
     task = eager.start(held())
     assert task is not None
-    await asyncio.sleep(0)  # the task is waiting on the gate now
+    started.set_result(None)
+    await waiting.wait()  # the task runs the coroutine, which waits on the gate now
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == [True] and gate.cancelled()
+
+
+@pytest.mark.parametrize("waits_on", ["a future", "a bare yield"])
+async def test_a_task_cancelled_before_its_first_step_still_cancels_the_coroutine(waits_on):
+    """The task start() returns has not run yet: a cancel at once must still reach the
+    coroutine where it waits (and cancel what it waits on), as it would for a running task."""
+    gate = asyncio.get_running_loop().create_future()
+    cleaned = []
+
+    async def held() -> None:
+        try:
+            if waits_on == "a future":
+                await gate
+            else:
+                await asyncio.sleep(0)
+                raise AssertionError("not cancelled")
+        finally:
+            cleaned.append(True)
+
+    task = eager.start(held())
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True] and task.cancelled()
+    assert gate.cancelled() == (waits_on == "a future")
 
 
 async def test_a_coroutine_may_wait_several_times():

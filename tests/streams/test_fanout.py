@@ -3,6 +3,13 @@
 Every test ends with every reader holding the whole stream: each message exactly once, in order.
 Each runs on the suite's database (SQLite in one pass, Postgres in the other); the multi-process
 ones get a Redis of their own so that they can restart it and flush it.
+
+A live reader also re-reads the database after ``LIVE_RECHECK_INTERVAL`` without a notice, which
+would deliver every message in the end even with no relay at all. So the tests of delivery run
+their servers with a recheck far longer than the test (``NO_RECHECK``) and measure how long each
+message took from its writer's acknowledgement to each reader; the tests of recovery from lost
+notices run with a short one (``RECOVERY_RECHECK``) and check that the loss happened and that the
+re-read, not something slower, made up for it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,33 +31,42 @@ import httpx
 import pytest
 import websockets
 
-from tests.servers import ServerProcess, free_port
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 60
+NO_RECHECK = 3600.0  # seconds: no reader re-reads the database on its own during a test
+RECOVERY_RECHECK = 3.0  # seconds: the re-read that makes up for lost notices
+# Seconds from a write's acknowledgement to its arrival at a reader, on a relay that works: far
+# below any recheck; generous, for a shared 2-core machine.
+LATENCY_BOUND = 2.0
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, which it may stop, start and flush."""
+    """A redis-server of the test's own, on a unix socket in a private directory, which it may
+    stop, start and flush (no port that another process could take between runs)."""
 
     def __init__(self) -> None:
         assert shutil.which("redis-server"), "redis-server is needed for the fan-out tests"
-        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="ds-redis-")
+        self.path = os.path.join(self.directory, "redis.sock")
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.path}?db=0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+                "0",
+                "--unixsocket",
+                self.path,
+                "--unixsocketperm",
+                "700",
                 "--save",
                 "",
                 "--appendonly",
@@ -58,7 +76,7 @@ class PrivateRedis:
             stderr=subprocess.STDOUT,
         )
         for line in self.process.stdout:  # wait for its own word that it is ready
-            if b"Ready to accept connections" in line:
+            if b"ready to accept connections" in line.lower():
                 # Keep draining its output so that it never blocks on a full pipe.
                 threading.Thread(target=self.process.stdout.read, daemon=True).start()
                 return
@@ -70,9 +88,11 @@ class PrivateRedis:
             self.process.wait(10)
 
     def flush(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True
-        )
+        subprocess.run(["redis-cli", "-s", self.path, "FLUSHALL"], check=True, capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,11 +100,13 @@ def redis_server():
     server = PrivateRedis()
     server.start()
     yield server
-    server.stop()
+    server.remove()
 
 
-def cluster(count: int, redis: PrivateRedis | None) -> list[ServerProcess]:
-    env = {"REDIS_URL": redis.url} if redis else {}
+def cluster(count: int, redis: PrivateRedis | None, recheck: float) -> list[ServerProcess]:
+    env = {"DS_LIVE_RECHECK_INTERVAL": str(recheck)}
+    if redis:
+        env["REDIS_URL"] = redis.url
     servers = [ServerProcess(public=True, env=env) for _ in range(count)]
     if not redis:
         for server in servers:
@@ -93,13 +115,16 @@ def cluster(count: int, redis: PrivateRedis | None) -> list[ServerProcess]:
 
 
 class Reader:
-    """A websocket reader that remembers its messages and its last offset, and can resume."""
+    """A websocket reader that remembers its messages, when each arrived, and its last offset,
+    and can resume."""
 
     def __init__(self, base: str, path: str) -> None:
         self.base = base.replace("http://", "ws://")
         self.path = path
         self.offset = "-1"
         self.messages: list[int] = []
+        self.arrived: dict[int, float] = {}  # message -> time.monotonic() of its control frame
+        self.caught_up = asyncio.Event()  # the first control frame came: it follows live now
         self.done = asyncio.Event()
 
     async def frames(self) -> AsyncIterator[dict]:
@@ -116,9 +141,12 @@ class Reader:
                 pending = [message["i"] for message in frame["data"]]
             elif frame["event"] == "control":
                 # Data counts once its control frame (with the offset after it) has arrived.
+                now = time.monotonic()
                 self.messages.extend(pending)
+                self.arrived.update((i, now) for i in pending)
                 pending = []
                 self.offset = frame["data"]["streamNextOffset"]
+                self.caught_up.set()
                 if frame["data"].get("streamClosed"):
                     self.done.set()
                     return
@@ -126,15 +154,41 @@ class Reader:
                     return
 
 
-async def write(base: str, path: str, count: int, progress: dict[int, asyncio.Event]) -> None:
-    async with httpx.AsyncClient(base_url=f"{base}/v1/stream/", timeout=30) as client:
+class Writer:
+    """Appends ``{"i": n}`` messages over HTTP, one at a time, and notes when each was
+    acknowledged."""
+
+    def __init__(self, base: str, path: str) -> None:
+        self.client = httpx.AsyncClient(base_url=f"{base}/v1/stream/", timeout=30)
+        self.path = path
+        self.acked: dict[int, float] = {}  # message -> time.monotonic() of its 204
+        self.padding = ""  # sent along with each message, when set
+
+    async def send(self, i: int) -> None:
+        message = {"i": i, "pad": self.padding} if self.padding else {"i": i}
+        response = await self.client.post(self.path, json=message)
+        assert response.status_code == 204, response.text
+        self.acked[i] = time.monotonic()
+
+    async def close(self) -> None:
+        response = await self.client.post(self.path, headers={"stream-closed": "true"})
+        assert response.status_code == 204
+        await self.client.aclose()
+
+    async def write(self, count: int, progress: dict[int, asyncio.Event]) -> None:
+        """Send messages 0 to ``count - 1``, setting ``progress[i]`` after each ack."""
         for i in range(count):
-            response = await client.post(path, json={"i": i})
-            assert response.status_code == 204, response.text
+            await self.send(i)
             if i in progress:
                 progress[i].set()
-        response = await client.post(path, headers={"stream-closed": "true"})
-        assert response.status_code == 204
+
+
+async def write(base: str, path: str, count: int, progress: dict[int, asyncio.Event]) -> Writer:
+    """Write ``count`` messages, then close the stream."""
+    writer = Writer(base, path)
+    await writer.write(count, progress)
+    await writer.close()
+    return writer
 
 
 async def create(base: str, path: str) -> None:
@@ -145,6 +199,25 @@ async def create(base: str, path: str) -> None:
         assert response.status_code == 201
 
 
+async def until(condition, timeout: float = TIMEOUT, message: str = "") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message or "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def settle(tasks: list[asyncio.Future], timeout: float = TIMEOUT) -> None:
+    """Wait for the readers' tasks; after ``timeout`` seconds, cancel those still reading (their
+    readers then fail the checks on what arrived)."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()  # a reader's own error
+
+
 def assert_complete(readers: list[Reader], count: int) -> None:
     for reader in readers:
         assert reader.messages == list(range(count)), (
@@ -153,14 +226,38 @@ def assert_complete(readers: list[Reader], count: int) -> None:
         )
 
 
+def latencies(readers: list[Reader], sent: dict[int, float]) -> list[float]:
+    """Seconds from each message's acknowledgement (or time in ``sent``) to its arrival, for
+    every reader; a message that never arrived counts as infinitely late."""
+    return [
+        reader.arrived.get(i, float("inf")) - sent_at
+        for reader in readers
+        for i, sent_at in sent.items()
+    ]
+
+
+def assert_prompt(readers: list[Reader], sent: dict[int, float], bound: float) -> None:
+    delays = sorted(latencies(readers, sent))
+    late = [d for d in delays if d > bound]
+    never = sum(1 for d in late if d == float("inf"))
+    arrived = [d for d in delays if d != float("inf")] or [float("nan")]
+    assert not late, (
+        f"{len(late)} of {len(delays)} deliveries took longer than {bound}s, {never} never came "
+        f"(of those that came: worst {arrived[-1]:.3f}s, median {arrived[len(arrived) // 2]:.3f}s)"
+    )
+
+
 @pytest.mark.parametrize("topology", ["one process, in-memory layer", "two processes, Redis"])
 async def test_fifty_readers_get_every_message_once_in_order(topology, request):
+    """Every message reaches the readers that were there first within LATENCY_BOUND of its
+    acknowledgement: on the writer's process from its hub, on the other through the relay
+    (no reader re-reads the database on a timer here)."""
     redis = None
     if topology.startswith("two"):
         redis = PrivateRedis()
         redis.start()
-        request.addfinalizer(redis.stop)
-    servers = cluster(2 if redis else 1, redis)
+        request.addfinalizer(redis.remove)
+    servers = cluster(2 if redis else 1, redis, NO_RECHECK)
     try:
         a, b = servers[0], servers[-1]
         path = f"fanout-{uuid.uuid4().hex[:8]}"
@@ -180,10 +277,12 @@ async def test_fifty_readers_get_every_message_once_in_order(topology, request):
             await reader.read()  # ...and resume from the last offset
 
         tasks = [asyncio.ensure_future(r.read()) for r in early]
+        await asyncio.wait_for(asyncio.gather(*(r.caught_up.wait() for r in early)), TIMEOUT)
         tasks += [asyncio.ensure_future(join_late(r)) for r in late]
         tasks += [asyncio.ensure_future(read_with_a_break(r, n)) for n, r in enumerate(resuming)]
-        await asyncio.wait_for(write(a.url, path, count, progress), TIMEOUT)
-        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        writer = await asyncio.wait_for(write(a.url, path, count, progress), TIMEOUT)
+        await settle(tasks)
+        assert_prompt(early, writer.acked, LATENCY_BOUND)
         assert_complete(early + late + resuming, count)
     finally:
         for server in servers:
@@ -192,59 +291,88 @@ async def test_fifty_readers_get_every_message_once_in_order(topology, request):
 
 @pytest.fixture
 def two_processes(redis_server):
-    """Two daphne processes sharing the test database and a private Redis."""
-    servers = cluster(2, redis_server)
+    """Two daphne processes sharing the test database and a private Redis, whose readers
+    re-read the database after RECOVERY_RECHECK seconds without a notice."""
+    servers = cluster(2, redis_server, RECOVERY_RECHECK)
     yield servers
     for server in servers:
         server.stop()
 
 
-async def follow_through(
-    writer: ServerProcess,
-    readers: list[Reader],
-    count: int,
-    progress: dict[int, asyncio.Event],
-    fault,
-) -> None:
-    """Write ``count`` messages while ``fault`` runs, then check every reader got them all."""
-    tasks = [asyncio.ensure_future(r.read()) for r in readers]
-    writing = asyncio.ensure_future(write(writer.url, readers[0].path, count, progress))
-    await fault()
-    await asyncio.wait_for(writing, TIMEOUT)
-    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
-    assert_complete(readers, count)
+def recovery_bound() -> float:
+    """Seconds within which a quiet reader re-reads (one and a half intervals: the hub checks
+    every half interval), plus the latency allowed to any delivery."""
+    return 1.5 * RECOVERY_RECHECK + LATENCY_BOUND
 
 
 async def test_a_redis_restart_mid_stream_costs_no_message(two_processes, redis_server):
+    """What is written while Redis is down reaches the other process's readers by a re-read
+    soon after it is back, and the relay carries notices again afterwards."""
     a, b = two_processes
     path = f"restart-{uuid.uuid4().hex[:8]}"
     await create(a.url, path)
+    count, paced = 200, 5
     progress = {50: asyncio.Event(), 120: asyncio.Event()}
-
-    async def restart() -> None:
-        await progress[50].wait()
-        redis_server.stop()  # Redis goes away while the writer goes on...
-        await progress[120].wait()
-        redis_server.start()  # ...and comes back empty
-
+    outage: dict[str, float] = {}
     readers = [Reader(b.url, path) for _ in range(10)] + [Reader(a.url, path)]
-    await follow_through(a, readers, 200, progress, restart)
+    tasks = [asyncio.ensure_future(r.read()) for r in readers]
+    await asyncio.wait_for(asyncio.gather(*(r.caught_up.wait() for r in readers)), TIMEOUT)
+    writer = Writer(a.url, path)
+    writing = asyncio.ensure_future(writer.write(count, progress))
+    await progress[50].wait()
+    redis_server.stop()  # Redis goes away while the writer goes on...
+    outage["down"] = time.monotonic()
+    await progress[120].wait()
+    redis_server.start()  # ...and comes back empty
+    outage["up"] = time.monotonic()
+    await asyncio.wait_for(writing, TIMEOUT)
+    during = [i for i, at in writer.acked.items() if outage["down"] < at < outage["up"]]
+    assert during, "no message was written while Redis was down"
+    await until(lambda: all(len(r.messages) == count for r in readers), message="messages lost")
+    # Nothing waited for more than a re-read after Redis was back (or after its ack).
+    ready = {i: max(at, outage["up"]) for i, at in writer.acked.items()}
+    assert_prompt(readers, ready, recovery_bound())
+    # The relay works again: messages written one at a time, each right after the previous one
+    # arrived, reach the other process well before a quiet reader would re-read.
+    for i in range(count, count + paced):
+        await writer.send(i)
+        await until(
+            lambda i=i: all(i in r.arrived for r in readers),
+            recovery_bound(),
+            f"message {i} did not arrive even by a re-read",
+        )
+    relayed = {i: writer.acked[i] for i in range(count, count + paced)}
+    assert_prompt(readers, relayed, RECOVERY_RECHECK / 2)
+    await writer.close()
+    await settle(tasks)
+    assert_complete(readers, count + paced)
 
 
 async def test_dropped_notifications_cost_latency_not_data(two_processes, redis_server):
+    """FLUSHALL throws away the queued notices and the other process's subscriptions (renewed
+    only every 20 s): its readers get the rest by re-reading after RECOVERY_RECHECK."""
     a, b = two_processes
     path = f"dropped-{uuid.uuid4().hex[:8]}"
     await create(a.url, path)
     count = 150
     progress = {i: asyncio.Event() for i in range(0, count, 10)}
+    readers = [Reader(b.url, path) for _ in range(10)]
+    tasks = [asyncio.ensure_future(r.read()) for r in readers]
+    await asyncio.wait_for(asyncio.gather(*(r.caught_up.wait() for r in readers)), TIMEOUT)
 
-    async def flush_repeatedly() -> None:  # throw away queued notices and subscriptions
+    async def flush_repeatedly() -> None:
         for i in sorted(progress):
             await progress[i].wait()
             redis_server.flush()
 
-    readers = [Reader(b.url, path) for _ in range(10)]
-    await follow_through(a, readers, count, progress, flush_repeatedly)
+    flushing = asyncio.ensure_future(flush_repeatedly())
+    writer = await asyncio.wait_for(write(a.url, path, count, progress), TIMEOUT)
+    await flushing
+    await settle(tasks)
+    delays = latencies(readers, writer.acked)
+    assert max(delays) > RECOVERY_RECHECK / 2, "the flushes cost no notice: nothing was tested"
+    assert_prompt(readers, writer.acked, recovery_bound())
+    assert_complete(readers, count)
 
 
 class RawSocketReader:
@@ -304,8 +432,13 @@ class RawSocketReader:
 @pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_a_reader_that_stops_reading_slows_nobody(server, redis_server):
     """daphne buffers for the slow reader; uvicorn blocks its socket, so it is cut off (after
-    WEBSOCKET_SEND_TIMEOUT, 2 s here) and resumes from its last control frame."""
-    env = {"REDIS_URL": redis_server.url, "DS_WEBSOCKET_SEND_TIMEOUT": "2"}
+    WEBSOCKET_SEND_TIMEOUT, 2 s here) and resumes from its last control frame. The other
+    readers, on both processes, get every message within LATENCY_BOUND meanwhile."""
+    env = {
+        "REDIS_URL": redis_server.url,
+        "DS_WEBSOCKET_SEND_TIMEOUT": "2",
+        "DS_LIVE_RECHECK_INTERVAL": str(NO_RECHECK),
+    }
     a = ServerProcess(server=server, public=True, env=env).start()
     b = ServerProcess(server=server, public=True, env=env).start()
     try:
@@ -315,20 +448,20 @@ async def test_a_reader_that_stops_reading_slows_nobody(server, redis_server):
         slow = RawSocketReader(b.port, path)
         readers = [Reader(b.url, path) for _ in range(5)] + [Reader(a.url, path)]
         tasks = [asyncio.ensure_future(r.read()) for r in readers]
-        padding = "x" * 40_000  # 16 MB: more than the kernel buffers of both ends hold
-
-        async def write_big() -> None:
-            async with httpx.AsyncClient(base_url=f"{a.url}/v1/stream/", timeout=30) as client:
-                for i in range(count):
-                    response = await client.post(path, json={"i": i, "pad": padding})
-                    assert response.status_code == 204
-                await client.post(path, headers={"stream-closed": "true"})
-
-        await asyncio.wait_for(write_big(), TIMEOUT)  # the writer is never held back...
-        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)  # ...nor the other readers
+        await asyncio.wait_for(asyncio.gather(*(r.caught_up.wait() for r in readers)), TIMEOUT)
+        writer = Writer(a.url, path)
+        writer.padding = "x" * 40_000  # 16 MB: more than the kernel buffers of both ends hold
+        # The writer is never held back...
+        await asyncio.wait_for(writer.write(count, {}), TIMEOUT)
+        await writer.close()
+        await settle(tasks)  # ...nor the other readers
+        assert_prompt(readers, writer.acked, LATENCY_BOUND)
         assert_complete(readers, count)
-        if server == "uvicorn":  # long enough for the watchdog to see the blocked send
-            await asyncio.sleep(3)
+        if server == "uvicorn":  # the watchdog sees the blocked send, and gives up on it
+            await until(
+                lambda: "stopped reading; closing it" in b.output(),
+                message="the watchdog never closed the reader that stopped reading",
+            )
         # The slow one reads at last: what the server held for it, then (uvicorn) the end.
         received, pending, offset, closed = [], [], "-1", False
         for opcode, payload in await asyncio.to_thread(lambda: list(slow.frames())):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
+from durable_sessions.streams.offsets import parse_offset
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,27 +193,68 @@ def test_invalid_paths_are_400(client):
     assert client.request("PATCH", name()).status_code == 405
 
 
-def test_concurrent_create_delete_and_append_races_never_fail_the_server(client):
-    path = name()
+@pytest.fixture
+def two_servers(django_db_setup, django_db_blocker):
+    """Two daphne processes on the test database, each with two writer threads on Postgres."""
+    with django_db_blocker.unblock():
+        servers = [ServerProcess(env={"DS_WRITER_THREADS": "2"}) for _ in range(2)]
+        try:
+            for server in servers:
+                server.start()
+            yield servers
+        finally:
+            for server in servers:
+                server.stop()
 
-    def hammer(i: int) -> int:
-        with httpx.Client(base_url=client.base_url, timeout=10) as own:
-            kind = i % 3
+
+def test_concurrent_create_delete_and_append_races_never_fail_the_server(two_servers):
+    """PUT, DELETE and POST race on a few streams through two processes sharing the database
+    (on Postgres each with two writers, the streams spread over both). No request fails the
+    server, and every stream ends consistent, the same from both processes: gap-free and
+    holding only acknowledged appends, each once, and accepting appends; or deleted, 404."""
+    paths = [name() for _ in range(4)]
+    bases = [f"{server.url}/v1/stream/" for server in two_servers]
+    text = {"content-type": "text/plain"}
+
+    def hammer(i: int) -> tuple[int, str, int, str]:
+        server, kind, path = i % 2, (i // 2) % 3, paths[(i // 6) % len(paths)]
+        with httpx.Client(base_url=bases[server], timeout=30) as own:
             if kind == 0:
-                return own.put(path, headers={"content-type": "text/plain"}).status_code
-            if kind == 1:
-                return own.delete(path).status_code
-            return own.post(
-                path, headers={"content-type": "text/plain"}, content=f"m{i}"
-            ).status_code
+                response = own.put(path, headers=text)
+            elif kind == 1:
+                response = own.delete(path)
+            else:
+                response = own.post(path, headers=text, content=f"m{i}.")
+        return i, path, response.status_code, response.text
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        statuses = list(pool.map(hammer, range(150)))
-    assert set(statuses) <= {200, 201, 204, 404}
-    final = client.get(path)
-    assert final.status_code in (200, 404)
-    if final.status_code == 200:
-        assert client.post(path, headers={"content-type": "text/plain"}, content="z").is_success
+        outcomes = list(pool.map(hammer, range(360)))
+    failures = [o for o in outcomes if o[2] not in (200, 201, 204, 404)]
+    assert not failures, failures[:5]
+    acknowledged = {i for i, _path, status, _text in outcomes if status == 204 and i % 6 >= 4}
+    with httpx.Client(timeout=10) as client:
+        for path in paths:
+            finals = [client.get(f"{base}{path}", params={"offset": "-1"}) for base in bases]
+            assert finals[0].status_code == finals[1].status_code, path
+            if finals[0].status_code == 404:  # deleted: gone for every method, on both
+                for base in bases:
+                    assert client.head(f"{base}{path}").status_code == 404
+                    response = client.post(f"{base}{path}", headers=text, content="z")
+                    assert response.status_code == 404, response.text
+                continue
+            assert finals[0].status_code == 200, finals[0].text
+            body = finals[0].content
+            assert finals[1].content == body
+            tail = parse_offset(finals[0].headers["stream-next-offset"])
+            entries = [int(part[1:]) for part in body.decode().split(".")[:-1]]
+            assert len(set(entries)) == len(entries), "an append stored twice"
+            assert set(entries) <= acknowledged, "a stored append was never acknowledged"
+            assert (tail.seq, tail.bytes) == (len(entries), len(body)), "a gap in the offsets"
+            for base in bases:  # alive: it takes appends from both processes
+                response = client.post(f"{base}{path}", headers=text, content="z.")
+                assert response.status_code == 204, response.text
+            after = [client.get(f"{base}{path}", params={"offset": "-1"}) for base in bases]
+            assert after[0].content == after[1].content == body + b"z.z."
 
 
 @settings(

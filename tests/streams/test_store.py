@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -273,6 +274,29 @@ def test_ttl_expiry_makes_the_stream_disappear(monkeypatch):
     assert created.created
 
 
+def test_the_expiry_sweep_deletes_expired_streams_that_nobody_touches():
+    """Reads hide an expired stream by themselves; deleting it is the job of the writer's sweep
+    (every EXPIRY_SWEEP_INTERVAL, 0.5 s in the tests): its row, entries and producers go while
+    nobody reads or writes it. Watched through the ORM, which renews no TTL."""
+    from durable_sessions.streams.models import Entry, Producer, Stream
+
+    streams.create("t/swept", content_type="text/plain", ttl=2)
+    streams.append("t/swept", "a", producer=("p", 0, 0))
+    streams.append("t/swept", "b", producer=("p", 0, 1))
+    streams.create("t/kept", content_type="text/plain", data="k")
+    swept = Stream.objects.get(path="t/swept").pk
+    assert Entry.objects.filter(stream_id=swept).count() == 2
+    assert Producer.objects.filter(stream_id=swept).count() == 1
+    deadline = time.monotonic() + 20
+    while Stream.objects.filter(pk=swept).exists():
+        assert time.monotonic() < deadline, "the expired stream was never swept"
+        time.sleep(0.05)
+    assert not Entry.objects.filter(stream_id=swept).exists()
+    assert not Producer.objects.filter(stream_id=swept).exists()
+    kept = Stream.objects.get(path="t/kept")
+    assert Entry.objects.filter(stream=kept).count() == 1
+
+
 async def test_async_api_and_concurrent_appends_are_gap_free():
     await streams.acreate("t/async", content_type="application/json")
     results = await asyncio.gather(
@@ -323,16 +347,20 @@ async def test_following_from_now_skips_history():
     assert batch.body == b"new" and batch.closed
 
 
-async def test_follower_times_out_without_data_and_recovers_after_overflow(monkeypatch):
+async def test_follower_times_out_without_data_and_recovers_after_overflow(monkeypatch, settings):
+    """A queue that overflows is dropped and its reader re-reads the database at once: not
+    after a quiet LIVE_RECHECK_INTERVAL (an hour here, longer than next()'s timeout), and not on
+    a later notice (the overflowing one is the last: nothing is left queued)."""
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "LIVE_RECHECK_INTERVAL": 3600.0}
     await streams.acreate("t/slow", content_type="text/plain")
     async with Follower("t/slow", START) as follower:
         await follower.next(None)
         assert await follower.next(0.05) is None
         monkeypatch.setattr(hub, "SUBSCRIPTION_QUEUE_LIMIT", 2)
-        for i in range(5):
+        for i in range(3):  # two queued, the third overflows
             await streams.aappend("t/slow", str(i))
         batch = await follower.next(10)  # its queue overflowed: it re-reads the database
-    assert batch.body == b"01234"
+    assert batch is not None and batch.body == b"012"
 
 
 @pytest.mark.parametrize("new_data", ["a longer new stream", ""])
@@ -414,7 +442,10 @@ async def test_a_follower_hands_live_notices_to_its_direct_reader_while_it_waits
     async with Follower("t/direct", START, direct) as follower:
         await follower.next(None)
         waiting = asyncio.ensure_future(follower.next(None))
-        await asyncio.sleep(0)  # next() is waiting on its subscription now
+        deadline = time.monotonic() + 10
+        while not follower._subscription.waiting:  # until next() waits on its subscription
+            assert time.monotonic() < deadline and not waiting.done()
+            await asyncio.sleep(0.001)
         await streams.aappend("t/direct", "a")
         await streams.aappend("t/direct", "b")
         assert taken == [b"a", b"b"] and not waiting.done()
