@@ -13,4 +13,5 @@ class DurableSessionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        """Register the system checks (nothing else: no database, no import of the streams)."""
         from durable_sessions import checks  # noqa: F401  (registers the checks)

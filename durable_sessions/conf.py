@@ -65,6 +65,7 @@ class DurableSessionsSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
+        """The project's ``DURABLE_SESSIONS`` dict (empty when unset or not a dict)."""
         value = getattr(settings, "DURABLE_SESSIONS", None) or {}
         return value if isinstance(value, dict) else {}
 

@@ -54,6 +54,7 @@ class AppendOp:
 
     @property
     def size(self) -> int:
+        """The bytes this append adds (what ``MAX_APPEND_BYTES`` limits)."""
         if self.payload is not None:
             return len(self.payload.data)
         return len(self.raw) if self.raw is not None else 0

@@ -208,6 +208,7 @@ class ThreadConnections:
         self._lock = threading.Lock()
 
     def get(self) -> Any:
+        """This thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self.database.connect()

@@ -76,6 +76,7 @@ class Subscription:
         self._event.set()
 
     def pending(self) -> bool:
+        """Whether the reader has notices to take, or must read the database."""
         return bool(self._notices) or self.reread
 
     async def wait(self, timeout: float | None) -> bool:
@@ -135,6 +136,7 @@ class Hub:
         return self._link
 
     def subscribe(self, stream_id: int) -> Subscription:
+        """Register a live reader of ``stream_id`` (and follow it on the channel layer)."""
         subscription = Subscription(self, stream_id)
         subscriptions = self._subscriptions.setdefault(stream_id, set())
         subscriptions.add(subscription)
@@ -167,6 +169,7 @@ class Hub:
         self.loop.call_later(self._tick_interval(), self._recheck_quiet)
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a reader; the stream is unfollowed a while after its last reader left."""
         stream_id = subscription.stream_id
         subscriptions = self._subscriptions.get(stream_id)
         if subscriptions is not None:
@@ -211,6 +214,7 @@ class Hub:
                 subscription.offer(stream_notices, now)
 
     def subscriber_count(self) -> int:
+        """How many live readers this loop has, over all streams."""
         return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
 
 
@@ -233,6 +237,7 @@ class LocalPublisher:
     the other processes (see ``writer.Publisher``)."""
 
     def publish(self, notices: list[Notice], skip: set[asyncio.AbstractEventLoop]) -> None:
+        """From the writer thread: relay ``notices`` and hand them to every loop not in ``skip``."""
         relay.get_relay().publish(notices)
         for loop, hub in list(_hubs.items()):
             if loop in skip or not hub.wants(notices):
@@ -243,6 +248,7 @@ class LocalPublisher:
                 _hubs.pop(loop, None)
 
     def deliver(self, loop: asyncio.AbstractEventLoop, notices: list[Notice]) -> None:
+        """On ``loop``: hand ``notices`` to its hub now (the writer's callers are on this loop)."""
         hub = _hubs.get(loop)
         if hub is not None:
             hub.deliver(notices)

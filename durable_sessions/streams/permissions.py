@@ -41,6 +41,8 @@ class BasePermission:
     """Base class of permission policies."""
 
     def has_permission(self, access: Access) -> bool | Awaitable[bool]:
+        """Whether ``access.user`` may do ``access.action`` on ``access.path`` (or an
+        awaitable of that)."""
         raise NotImplementedError(".has_permission() must be overridden")
 
 
@@ -48,6 +50,7 @@ class AllowAny(BasePermission):
     """Everyone may do everything (public streams; how the conformance suite runs)."""
 
     def has_permission(self, access: Access) -> bool:
+        """Always."""
         return True
 
 
@@ -55,6 +58,7 @@ class IsAuthenticated(BasePermission):
     """Any authenticated user may do everything; anonymous clients nothing (the default)."""
 
     def has_permission(self, access: Access) -> bool:
+        """When the user is authenticated."""
         return bool(getattr(access.user, "is_authenticated", False))
 
 
@@ -62,6 +66,7 @@ class IsStaff(BasePermission):
     """Only staff users (``is_staff``) may use the raw stream endpoints."""
 
     def has_permission(self, access: Access) -> bool:
+        """When the user is authenticated and staff."""
         user = access.user
         return bool(getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False))
 
@@ -70,6 +75,7 @@ class ReadAuthenticatedWriteStaff(BasePermission):
     """Authenticated users may read; only staff may create, append and delete."""
 
     def has_permission(self, access: Access) -> bool:
+        """Reads for authenticated users; everything else for staff only."""
         user = access.user
         if not getattr(user, "is_authenticated", False):
             return False

@@ -36,6 +36,7 @@ class StreamRow:
 
     @classmethod
     def from_db(cls, row: tuple) -> StreamRow:
+        """A row of ``SELECT db.STREAM_COLUMNS`` (booleans normalized from SQLite's 0/1)."""
         values = list(row)
         values[6] = bool(values[6])  # closed (SQLite returns 0/1)
         values[13] = bool(values[13])  # deleted
@@ -43,6 +44,7 @@ class StreamRow:
 
     @property
     def tail(self) -> Position:
+        """The position after the last entry."""
         return Position(self.tail_seq, self.tail_bytes)
 
     def expired(self, now: float) -> bool:
@@ -52,6 +54,7 @@ class StreamRow:
         return self.expires_at is not None and self.expires_at <= now
 
     def closed_by(self) -> tuple[str, int, int] | None:
+        """The producer ``(id, epoch, seq)`` whose write closed the stream, if one did."""
         if self.closed_by_producer is None:
             return None
         return (self.closed_by_producer, int(self.closed_by_epoch), int(self.closed_by_seq))
@@ -71,6 +74,7 @@ class StreamInfo:
 
     @classmethod
     def of(cls, row: StreamRow) -> StreamInfo:
+        """The public metadata of a stream row."""
         return cls(
             row.id,
             row.path,
@@ -120,6 +124,7 @@ class StoredEntry(NamedTuple):
 
     @property
     def next(self) -> Position:
+        """The position after this entry."""
         return Position(self.seq + 1, self.end_bytes)
 
 
@@ -142,6 +147,7 @@ class ReadResult:
 
     @property
     def json_mode(self) -> bool:
+        """Whether the stream is a JSON stream (``data`` holds message texts)."""
         return is_json(self.info.content_type)
 
     @property
@@ -170,4 +176,5 @@ class Notice:
 
     @property
     def first_seq(self) -> int:
+        """The sequence number of the first new entry (or of the tail, without entries)."""
         return self.entries[0].seq if self.entries else self.next.seq

@@ -78,6 +78,7 @@ async def receive(layer: Any, channel: str, timeout: float) -> dict[str, Any] | 
 
 
 def stream_group(stream_id: int) -> str:
+    """The channel-layer group of the processes that follow ``stream_id``."""
     return f"ds.stream.{stream_id}"
 
 
@@ -118,6 +119,7 @@ def encode(stream_id: int, notices: list[Notice]) -> dict[str, Any]:
 
 
 def decode(message: dict[str, Any]) -> Notice:
+    """The notice a layer message from ``encode`` carries."""
     entries = [StoredEntry(seq, end, count, bytes(data)) for seq, end, count, data in message["e"]]
     return Notice(message["s"], Position(*message["n"]), message["c"], message["d"], entries)
 
@@ -269,6 +271,7 @@ class HubLink:
         task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
+        """Stop the link's tasks (the loop is going away)."""
         for task in list(self._tasks):
             task.cancel()
 

@@ -106,6 +106,7 @@ class SocketAuth:
         self.checked_at = started
 
     async def refuse(self, exc: StreamError, ref: Any) -> None:
+        """Remember that the user may no longer read, and have the socket closed."""
         self.refused = exc
         await self.on_refused(exc, ref)
 
