@@ -47,6 +47,15 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_RECHECK_INTERVAL": 5.0,
     # Seconds between sweeps that delete expired streams.
     "EXPIRY_SWEEP_INTERVAL": 30.0,
+    # Seconds between the subscriptions' sweeps: lapsed leases and wakes, missed wakes, retries.
+    "SUBSCRIPTION_SWEEP_INTERVAL": 1.0,
+    # The stream root's absolute URL for the callback and JWKS URLs that subscriptions hand out
+    # (e.g. "https://api.example.com/v1/stream/"); by default taken from the creating request.
+    "SUBSCRIPTION_BASE_URL": None,
+    # Threads per process that send webhook deliveries.
+    "WEBHOOK_THREADS": 4,
+    # Seconds a webhook receiver has to answer a delivery.
+    "WEBHOOK_TIMEOUT": 10.0,
     # SQLite's synchronous pragma on the log's connections: "FULL" (an acknowledged append
     # survives power loss), "EXTRA", or "NORMAL" (faster; the last commits may be lost on power
     # loss or an OS crash, never on a process crash).

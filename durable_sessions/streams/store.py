@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from django.db import connections
 
@@ -28,10 +28,31 @@ from durable_sessions.streams.hub import LocalPublisher
 from durable_sessions.streams.lifecycle import RenewOp
 from durable_sessions.streams.offsets import Position
 from durable_sessions.streams.protocol import parse_stream_path
-from durable_sessions.streams.records import ReadResult, StreamInfo
+from durable_sessions.streams.records import Change, ReadResult, StreamInfo
 from durable_sessions.streams.writer import Writer
 
 T = TypeVar("T")
+
+
+class Extension(Protocol):
+    """Something that runs beside a process's store and hears of its commits (subscriptions:
+    ``subscriptions/worker.py``); made by a factory given to ``register_extension``."""
+
+    def committed(self, changes: list[Change]) -> None:
+        """From a writer thread, after a commit: must return at once (hand the work over)."""
+
+    def stop(self) -> None:
+        """The store is closing: stop, before its writers do."""
+
+
+_extensions: list[Callable[[Store], Extension]] = []
+
+
+def register_extension(factory: Callable[[Store], Extension]) -> None:
+    """Have every ``Store`` made from now on run ``factory(store)`` beside it (once per
+    factory; the app does it for subscriptions when Django starts)."""
+    if factory not in _extensions:
+        _extensions.append(factory)
 
 
 class Store:
@@ -39,6 +60,7 @@ class Store:
 
     def __init__(self, alias: str | None = None) -> None:
         self.database = Database(alias)
+        self.extensions: list[Extension] = []
         # SQLite takes one writer at a time anyway; on Postgres, writers for disjoint sets of
         # streams overlap one batch's commit with the next batch's work.
         count = ds_settings.WRITER_THREADS if self.database.is_postgres else 1
@@ -50,6 +72,7 @@ class Store:
                 max_batch=ds_settings.WRITER_MAX_BATCH,
                 sweep_interval=ds_settings.EXPIRY_SWEEP_INTERVAL if i == 0 else None,
                 name=f"durable-sessions-writer-{i}",
+                on_commit=self._committed,
             )
             for i in range(max(1, count))
         ]
@@ -59,14 +82,21 @@ class Store:
         )
         self._renewing: set[int] = set()  # streams with a TTL renewal queued on their writer
         self._renewing_lock = threading.Lock()
+        self.extensions = [factory(self) for factory in _extensions]
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writers (after what they have queued, for up to ``timeout`` seconds each:
         see ``Writer.stop``) and the readers, and close their connections."""
+        for extension in self.extensions:
+            extension.stop()
         for writer in self.writers:
             writer.stop(timeout)
         self._executor.shutdown(wait=True)
         self._readers.close_all()
+
+    def _committed(self, changes: list[Change]) -> None:
+        for extension in self.extensions:
+            extension.committed(changes)
 
     # -- plumbing ------------------------------------------------------------------------------
 

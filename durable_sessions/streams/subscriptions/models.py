@@ -33,6 +33,9 @@ class Subscription(models.Model):
     description = models.TextField(null=True, blank=True)
     config_hash = models.CharField(max_length=64)
     created_at = models.FloatField()
+    base_url = models.TextField(
+        blank=True, default="", help_text="Where the routes are, for callback and JWKS URLs."
+    )
     deleted = models.BooleanField(default=False, help_text="A tombstone: calls for it fail.")
     generation = models.BigIntegerField(default=0)
     wake_id = models.CharField(max_length=64, null=True, blank=True)
