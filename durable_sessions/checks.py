@@ -27,9 +27,11 @@ POSITIVE_NUMBERS = {
     "EXPIRY_SWEEP_INTERVAL",
     "SUBSCRIPTION_SWEEP_INTERVAL",
     "WEBHOOK_THREADS",
-    "WEBHOOK_TIMEOUT",
     "AUTH_RECHECK_INTERVAL",
+    "WEBHOOK_TIMEOUT",
+    "WEBHOOK_REPLAY_WINDOW",
 }
+BOOLEANS = {"WEBHOOK_ALLOW_LOOPBACK"}
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
 CORP_VALUES = ("same-origin", "same-site", "cross-origin")
 INTEGERS = {key for key in POSITIVE_NUMBERS if isinstance(DEFAULTS[key], int)}
@@ -147,6 +149,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 id="durable_sessions.E011",
             )
         )
+    for key in sorted(BOOLEANS & set(user)):
+        if not isinstance(user[key], bool):
+            errors.append(
+                Error(
+                    f"DURABLE_SESSIONS[{key!r}] must be True or False, not {user[key]!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="durable_sessions.E020",
+                )
+            )
     return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))
 
 

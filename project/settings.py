@@ -113,6 +113,9 @@ if os.environ.get("DS_WRITER_THREADS"):
     DURABLE_SESSIONS["WRITER_THREADS"] = int(os.environ["DS_WRITER_THREADS"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
+if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
+    # Webhooks to this machine (the conformance suite's receiver): development and tests only.
+    DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

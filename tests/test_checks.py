@@ -86,3 +86,16 @@ def test_asgi_application_and_channel_layer():
         assert "durable_sessions.E007" in ids()
     with override_settings(CHANNEL_LAYERS={}):
         assert "durable_sessions.W001" in ids()
+
+
+def test_webhook_settings():
+    for value in ("1", "False", 1, 0, None):  # a string from the environment would be truthy
+        with override_settings(DURABLE_SESSIONS={"WEBHOOK_ALLOW_LOOPBACK": value}):
+            assert "durable_sessions.E020" in ids(), value
+    for value in (True, False):
+        with override_settings(DURABLE_SESSIONS={"WEBHOOK_ALLOW_LOOPBACK": value}):
+            assert ids() == set(), value
+    for key in ("WEBHOOK_TIMEOUT", "WEBHOOK_REPLAY_WINDOW"):
+        for value in (0, -5, "10", float("inf")):
+            with override_settings(DURABLE_SESSIONS={key: value}):
+                assert "durable_sessions.E003" in ids(), (key, value)
