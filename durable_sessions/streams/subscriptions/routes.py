@@ -189,7 +189,8 @@ async def _manage(
         body = await database_sync_to_async(serialize)(subscription, states, root)
         await _answer(request, extra, 200, body)
         return
-    wanted = config.parse(await _body(request))
+    # (On a thread: a webhook URL's host name is resolved to check where it points.)
+    wanted = await database_sync_to_async(config.parse)(await _body(request))
     for path in wanted.streams:
         await request.caller.authorize(READ, path)
     if wanted.pattern is not None:

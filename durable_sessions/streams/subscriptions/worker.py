@@ -273,7 +273,7 @@ class SubscriptionWorker:
             if not 200 <= answer.status < 300:
                 deliveries.settle(delivery, error=f"HTTP {answer.status}")
                 return
-            done = isinstance(answer.json, dict) and answer.json.get("done") is True
+            done = isinstance(answer.data, dict) and answer.data.get("done") is True
             deliveries.settle(delivery, done=done)
         except Exception:
             logger.exception("subscriptions: delivering the webhook of %s failed", subscription_id)
