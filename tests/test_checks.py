@@ -41,6 +41,9 @@ def test_bad_values_are_reported():
         ("LONG_POLL_TIMEOUT", float("nan")),
         ("LONG_POLL_TIMEOUT", float("inf")),
         ("MAX_PATH_LENGTH", 4096),
+        ("MAX_JSON_DEPTH", 0),
+        ("MAX_JSON_DEPTH", 513),
+        ("MAX_JSON_DEPTH", 64.0),
     ):
         with override_settings(DURABLE_SESSIONS={key: value}):
             assert "durable_sessions.E003" in ids(), (key, value)
@@ -49,6 +52,12 @@ def test_bad_values_are_reported():
             assert "durable_sessions.E008" in ids(), origins
     with override_settings(DURABLE_SESSIONS={"CROSS_ORIGIN_RESOURCE_POLICY": "anyone"}):
         assert "durable_sessions.E010" in ids()
+
+
+def test_the_json_depth_may_be_raised_up_to_its_ceiling():
+    for value in (1, 512):
+        with override_settings(DURABLE_SESSIONS={"MAX_JSON_DEPTH": value}):
+            assert "durable_sessions.E003" not in ids(), value
 
 
 def test_permission_policy_must_import_and_have_has_permission():

@@ -27,7 +27,14 @@ from typing import Any
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
-from durable_sessions.streams.content import Payload, is_json, is_text, json_payload
+from durable_sessions.streams.content import (
+    Payload,
+    check_depth,
+    is_json,
+    is_text,
+    json_payload,
+    too_deep,
+)
 from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
 from durable_sessions.streams.records import Appended, ReadResult
 from durable_sessions.streams.render import RenderCache
@@ -42,6 +49,9 @@ CLOSE_CODES = {
     "stream_gone": 4410,  # deleted while followed (or soft-deleted)
     "internal_error": 1011,
 }
+
+# Levels a frame adds around its messages: the frame object, and ``data`` as an array.
+ENVELOPE_DEPTH = 2
 
 
 def compact(value: Any) -> str:
@@ -98,8 +108,14 @@ def parse_frame(text: str | None) -> dict[str, Any]:
         raise BadRequest("frames are JSON text", code="invalid_frame")
     if len(text) > ds_settings.MAX_APPEND_BYTES * 2 + 65536:
         raise PayloadTooLarge("frame too large")
+    # Checked on the text, before the parser recurses: the frame and a data array are two levels
+    # around the messages, whose own depth ``payload`` checks exactly.
+    if text.count("[") + text.count("{") > ds_settings.MAX_JSON_DEPTH + ENVELOPE_DEPTH:
+        check_depth(text.encode("utf-8", "surrogatepass"), extra=ENVELOPE_DEPTH)
     try:
         frame = json.loads(text)
+    except RecursionError:  # a safety net: the scan above refuses what could get here
+        raise too_deep(ds_settings.MAX_JSON_DEPTH) from None
     except ValueError:
         raise BadRequest("frames are JSON text", code="invalid_frame") from None
     if not isinstance(frame, dict):
