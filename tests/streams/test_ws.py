@@ -351,3 +351,47 @@ async def test_a_send_from_the_hubs_pass_that_fails_ends_the_socket(public, erro
     assert bool(logged) == (error is RuntimeError)
     await refused.disconnect()
     await other.disconnect()
+
+
+# -- against a real daphne process ---------------------------------------------------------
+
+
+def test_a_client_that_leaves_is_not_logged_as_an_error(public_server):
+    """Clients close while the server is sending them a catch-up and live appends: daphne then
+    refuses sends (autobahn's ``Disconnected``), which is a client gone, not a server error."""
+    import threading
+    import uuid
+
+    import httpx
+    from websockets.sync.client import connect
+
+    path = f"ws-leave-{uuid.uuid4().hex[:12]}"
+    base = f"{public_server.url}/v1/stream/{path}"
+    page = json.dumps([{"text": "x" * 1000}] * 300)  # ~300 KB per append: a catch-up of pages
+    with httpx.Client(timeout=10) as http:
+        assert http.put(base, headers={"content-type": "application/json"}).status_code == 201
+        for _ in range(12):
+            http.post(base, headers={"content-type": "application/json"}, content=page)
+    start = len(public_server.output())
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                http.post(base, headers={"content-type": "application/json"}, content="[1]")
+
+    appender = threading.Thread(target=keep_appending)
+    appender.start()
+    try:
+        url = f"ws://127.0.0.1:{public_server.port}/ws/v1/stream/{path}?offset=-1"
+        for _ in range(20):
+            with connect(url, max_size=None) as client:
+                client.recv(timeout=10)  # the first page; then leave in the middle of the rest
+    finally:
+        stop.set()
+        appender.join()
+    # Every follower has ended once its socket is gone: a last socket answers normally.
+    with connect(url.replace("offset=-1", "offset=now"), max_size=None) as client:
+        assert json.loads(client.recv(timeout=10))["event"] == "control"
+    log = public_server.output()[start:]
+    assert "ERROR" not in log and "Traceback" not in log, log[-3000:]
