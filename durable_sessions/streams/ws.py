@@ -300,7 +300,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         ref = None
         try:
             frame = wsframes.parse_frame(text_data)
-            ref = frame.get("id")
+            ref = wsframes.frame_id(frame)
             op = frame.get("op")
             if op == "ping":
                 with contextlib.suppress(OSError, Disconnected):  # the client may have left
@@ -308,7 +308,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             elif op == "append":
                 await self.append(frame, ref)
             else:
-                raise BadRequest(f"unknown op {op!r}", code="unknown_op")
+                raise BadRequest(f"unknown op {wsframes.shown(op)}", code="unknown_op")
         except StreamError as exc:
             await self.send_error(exc, ref)
 
