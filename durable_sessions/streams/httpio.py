@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -107,6 +108,16 @@ class MethodNotAllowed(StreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Allow": ALLOWED_METHODS})
+
+
+def rfc3339(epoch: float) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC time with milliseconds (``Stream-Expires-At``); None
+    when it is no such time (stored before the header's value was bounded)."""
+    try:
+        stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None
+    return stamp.replace("+00:00", "Z")
 
 
 def security_headers() -> list[tuple[str, str]]:

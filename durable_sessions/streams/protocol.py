@@ -6,12 +6,18 @@ Pure functions over header values, shared by the HTTP and websocket front ends.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from durable_sessions.streams.errors import BadRequest
 from durable_sessions.streams.offsets import BEGINNING, NOW, START, Position, parse_offset
 
 MAX_SAFE_INTEGER = 2**53 - 1
+# About 317 years: any expiry a TTL sets stays a date (before 9999-12-31) that HEAD, the admin
+# and Python's datetime can state.
+MAX_TTL_DIGITS = 10
+# RFC 3339 years run from 1 to 9999; an offset can push a time outside them in UTC.
+_EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 _DECIMAL = re.compile(r"\A(0|[1-9][0-9]*)\Z")
 _DIGITS = re.compile(r"\A[0-9]+\Z")
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
@@ -24,28 +30,31 @@ def parse_flag(value: str | None) -> bool:
 
 
 def parse_ttl(value: str | None) -> int | None:
-    """``Stream-TTL``: a non-negative decimal integer without sign, zeros, point or exponent."""
+    """``Stream-TTL``: a non-negative decimal integer without sign, zeros, point or exponent,
+    of at most ``MAX_TTL_DIGITS`` digits."""
     if value is None:
         return None
     value = value.strip()
-    if not _DECIMAL.match(value) or len(value) > 12:
+    if not _DECIMAL.match(value) or len(value) > MAX_TTL_DIGITS:
         raise BadRequest(f"invalid Stream-TTL {value[:40]!r}", code="invalid_ttl")
     return int(value)
 
 
 def parse_expires_at(value: str | None) -> float | None:
-    """``Stream-Expires-At``: an RFC 3339 timestamp with a time zone, as epoch seconds."""
+    """``Stream-Expires-At``: an RFC 3339 timestamp with a time zone, as epoch seconds; in UTC
+    it must still fall in the years 1 to 9999 (``9999-12-31T23:00:00-02:00`` does not)."""
     if value is None:
         return None
     value = value.strip()
     if not _RFC3339.match(value):
         raise BadRequest(f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at")
     try:
-        return datetime.fromisoformat(value.replace("z", "Z")).timestamp()
-    except ValueError:
-        raise BadRequest(
-            f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at"
-        ) from None
+        epoch = datetime.fromisoformat(value.replace("z", "Z")).timestamp()
+    except (ValueError, OverflowError):
+        epoch = None
+    if epoch is None or not _EARLIEST <= epoch <= _LATEST:
+        raise BadRequest(f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at")
+    return epoch
 
 
 def parse_content_type(value: str | None) -> str | None:

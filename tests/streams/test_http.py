@@ -421,3 +421,45 @@ def test_a_bad_token_beside_a_good_session_cookie_is_anonymous(private):
         name(), headers={"cookie": f"sessionid={cookie}", "authorization": "Token wrong"}
     )
     assert response.status_code == 401
+
+
+# -- times that must stay dates (TTL, Expires-At) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"stream-ttl": "999999999999"}, 400),  # 12 digits: ~31,700 years, beyond year 9999
+        ({"stream-ttl": "10000000000"}, 400),
+        ({"stream-ttl": "9999999999"}, 201),
+        ({"stream-expires-at": "9999-12-31T23:59:59-23:59"}, 400),  # year 10000 in UTC
+        ({"stream-expires-at": "9999-12-31T23:59:59.9999999Z"}, 400),
+        ({"stream-expires-at": "0001-01-01T00:00:00+01:00"}, 400),  # year 0 in UTC
+        ({"stream-expires-at": "9999-12-31T12:00:00Z"}, 201),
+    ],
+)
+def test_ttls_and_expiry_times_must_stay_dates(client, headers, status):
+    path = name()
+    response = client.put(path, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["code"] in ("invalid_ttl", "invalid_expires_at")
+        assert client.head(path).status_code == 404
+    else:
+        head = client.head(path)
+        assert head.status_code == 200
+        assert head.headers.get("stream-ttl") == headers.get("stream-ttl")
+        assert head.headers.get("stream-expires-at", "").startswith(
+            headers.get("stream-expires-at", "")[:10]
+        )
+
+
+def test_head_survives_an_expiry_that_is_no_date(client):
+    """The Python API stores any epoch; HEAD leaves out what it cannot state as RFC 3339."""
+    from durable_sessions import streams
+
+    path = name()
+    streams.create(path, content_type="text/plain", expires_at=1e300)
+    head = client.head(path)
+    assert head.status_code == 200
+    assert "stream-expires-at" not in head.headers
