@@ -152,24 +152,33 @@ def cors_headers(request: Request) -> list[tuple[str, str]]:
     headers, so a shared cache must not answer one with the other's response.
     """
     headers = [*security_headers(), ("vary", "Origin")]
-    origin = request.header("origin")
-    if origin is None:
+    allowed = allowed_origin(request)
+    if allowed is None:
         return headers
-    allowed = ds_settings.CORS_ALLOWED_ORIGINS
-    if origin in allowed:
-        headers += [
-            ("access-control-allow-origin", origin),
-            ("access-control-allow-credentials", "true"),
-        ]
-    elif "*" in allowed:
-        headers.append(("access-control-allow-origin", "*"))
-    else:
-        return headers
+    headers.append(("access-control-allow-origin", allowed))
+    if allowed != "*":
+        headers.append(("access-control-allow-credentials", "true"))
     headers.append(("access-control-expose-headers", EXPOSED_HEADERS))
     return headers
 
 
+def allowed_origin(request: Request) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for this request's ``Origin``: the origin
+    itself when listed, ``*`` when any is allowed, None when there is none or it is refused."""
+    origin = request.header("origin")
+    if origin is None:
+        return None
+    allowed = ds_settings.CORS_ALLOWED_ORIGINS
+    if origin in allowed:
+        return origin
+    return "*" if "*" in allowed else None
+
+
 def preflight_headers(request: Request) -> list[tuple[str, str]]:
+    """The headers that answer a preflight (``OPTIONS``); none for a refused origin, which
+    learns nothing about what it may not do."""
+    if allowed_origin(request) is None:
+        return []
     requested = request.header("access-control-request-headers")
     return [
         ("access-control-allow-methods", ALLOWED_METHODS),
