@@ -22,6 +22,9 @@ _DECIMAL = re.compile(r"\A(0|[1-9][0-9]*)\Z")
 _DIGITS = re.compile(r"\A[0-9]+\Z")
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 _CONTENT_TYPE = re.compile(r"\A[!-~][ -~]*\Z")
+# What no text column holds: NUL (Postgres refuses it) and lone surrogates (not UTF-8). Header
+# values cannot carry them, but websocket frames (JSON escapes) and Python callers can.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def parse_flag(value: str | None) -> bool:
@@ -91,6 +94,8 @@ def parse_producer(
     producer_id = producer_id.strip()
     if not producer_id or len(producer_id) > 255:
         raise BadRequest("Producer-Id must be 1 to 255 characters", code="invalid_producer")
+    if _UNSTORABLE.search(producer_id):
+        raise BadRequest("Producer-Id holds NUL or a lone surrogate", code="invalid_producer")
     return producer_id, _integer("Producer-Epoch", epoch), _integer("Producer-Seq", seq)
 
 
@@ -100,6 +105,8 @@ def parse_stream_seq(value: str | None) -> str | None:
         return None
     if not value or len(value) > 1024:
         raise BadRequest("Stream-Seq must be 1 to 1024 characters", code="invalid_stream_seq")
+    if _UNSTORABLE.search(value):
+        raise BadRequest("Stream-Seq holds NUL or a lone surrogate", code="invalid_stream_seq")
     return value
 
 
@@ -127,6 +134,8 @@ def parse_stream_path(path: str, max_length: int) -> str:
         raise BadRequest(f"a stream path has 1 to {max_length} characters", code="invalid_path")
     if any(ord(char) < 32 or ord(char) == 127 for char in path):
         raise BadRequest("a stream path has no control characters", code="invalid_path")
+    if _UNSTORABLE.search(path):
+        raise BadRequest("a stream path has no lone surrogates", code="invalid_path")
     segments = path.split("/")
     if any(segment in {"", ".", ".."} for segment in segments):
         raise BadRequest("a stream path has no empty, '.' or '..' segments", code="invalid_path")

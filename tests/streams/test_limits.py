@@ -60,6 +60,16 @@ async def test_a_path_may_have_max_path_length_characters(public, settings):
     assert (await sock.receive_output())["code"] == 4400
 
 
+def test_a_path_with_a_lone_surrogate_is_refused_by_the_python_api():
+    """No URL decodes to one (servers replace invalid UTF-8), but Python callers can pass it."""
+    from durable_sessions.streams.errors import BadRequest
+
+    for call in (lambda: streams.create("a/\ud800"), lambda: streams.info("a/\udfff")):
+        with pytest.raises(BadRequest) as refused:
+            call()
+        assert refused.value.code == "invalid_path"
+
+
 @pytest.mark.parametrize(
     ("header", "longest", "code"),
     [

@@ -150,6 +150,21 @@ async def test_text_and_binary_streams_and_producers(public):
         ('{"op": "append", "id": 7, "data": 1, "seq": ["1"]}', 400, "invalid_stream_seq"),
         ('{"op": "append", "id": 7, "data": 1, "producer": "p"}', 400, "invalid_producer"),
         ('{"op": "append", "id": 7, "data": [1, NaN]}', 400, "invalid_json"),
+        # Text no column can hold (Postgres refuses NUL; lone surrogates are not UTF-8):
+        ('{"op": "append", "id": 7, "data": 1, "seq": "a\\u0000"}', 400, "invalid_stream_seq"),
+        ('{"op": "append", "id": 7, "data": 1, "seq": "\\ud800"}', 400, "invalid_stream_seq"),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "\\udfff", "epoch": 0,'
+            ' "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "p\\u0000", "epoch": 0,'
+            ' "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
     ],
 )
 async def test_bad_frames_get_error_frames_and_write_nothing(public, frame, status, code):
