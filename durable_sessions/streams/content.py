@@ -192,6 +192,8 @@ def parse_json_body(body: bytes, *, allow_empty_array: bool) -> Payload | None:
 
 def _utf8(body: bytes) -> bytes:
     """The body as UTF-8: the parser also reads UTF-16 and UTF-32, the depth scan does not."""
+    if body and 0 < body[0] < 0x80 and body[1:2] != b"\x00":
+        return body  # what json.detect_encoding calls UTF-8 (no BOM, no NUL byte first)
     encoding = json.detect_encoding(body)
     if encoding in ("utf-8", "utf-8-sig"):
         return body
