@@ -9,7 +9,6 @@ response plumbing, CORS and browser headers are in ``httpio.py``.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from durable_sessions.auth import host_allowed
@@ -30,6 +29,7 @@ from durable_sessions.streams.httpio import (
     preflight_headers,
     respond,
     respond_error,
+    rfc3339,
 )
 from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
 from durable_sessions.streams.live import Follower
@@ -220,9 +220,9 @@ async def handle_head(request: Request, extra: list[tuple[str, str]]) -> None:
     headers = [*extra, *stream_headers(info), ("cache-control", "no-store")]
     if info.ttl_seconds is not None:
         headers.append(("stream-ttl", str(info.ttl_seconds)))
-    if info.expires_at is not None:
-        stamp = datetime.fromtimestamp(info.expires_at, tz=UTC).isoformat(timespec="milliseconds")
-        headers.append(("stream-expires-at", stamp.replace("+00:00", "Z")))
+    stamp = None if info.expires_at is None else rfc3339(info.expires_at)
+    if stamp is not None:
+        headers.append(("stream-expires-at", stamp))
     await respond(request.send, 200, headers, head=True)
 
 

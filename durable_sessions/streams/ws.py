@@ -33,6 +33,14 @@ from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
 from durable_sessions.streams.wsauth import SocketAuth, rechecks_needed
 
+try:  # what daphne (autobahn) raises for a send to a client that has left
+    from autobahn.exception import Disconnected
+except ImportError:  # pragma: no cover  (daphne is a dependency, but uvicorn needs no autobahn)
+
+    class Disconnected(Exception):  # type: ignore[no-redef]
+        """Stands in for autobahn's, which nothing raises without it."""
+
+
 logger = logging.getLogger("durable_sessions.streams.ws")
 
 CLOSED_GRACE = 1.0  # seconds a socket stays open after the end of its stream
@@ -40,6 +48,12 @@ MAX_IN_FLIGHT = 256  # unacknowledged appends per connection before we stop read
 
 
 _watched: dict[asyncio.AbstractEventLoop, weakref.WeakSet] = {}
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether a failed send only means that the client has left: uvicorn raises an OSError
+    (``ClientDisconnected``), daphne autobahn's ``Disconnected``; the disconnect follows."""
+    return isinstance(exc, OSError | Disconnected)
 
 
 def watch(socket: StreamSocket) -> None:
@@ -194,8 +208,9 @@ class StreamSocket(AsyncWebsocketConsumer):
         except StreamError as exc:
             await self.send_error(exc)
             await self.end(wsframes.close_code(exc))
-        except Exception:
-            logger.exception("websocket follower of %s failed", self.path)
+        except Exception as exc:
+            if not client_gone(exc):
+                logger.exception("websocket follower of %s failed", self.path)
             await self.end(wsframes.CLOSE_CODES["internal_error"])
 
     async def send_batch(self, result: ReadResult) -> None:
@@ -246,7 +261,7 @@ class StreamSocket(AsyncWebsocketConsumer):
             self.delivered = position
 
     async def direct_send_failed(self, exc: Exception) -> None:
-        if not isinstance(exc, OSError):  # not just a client gone (its disconnect follows)
+        if not client_gone(exc):
             logger.error("websocket direct send on %s failed", self.path, exc_info=exc)
         if self.pump is not None:
             self.pump.cancel()
@@ -293,14 +308,15 @@ class StreamSocket(AsyncWebsocketConsumer):
         ref = None
         try:
             frame = wsframes.parse_frame(text_data)
-            ref = frame.get("id")
+            ref = wsframes.frame_id(frame)
             op = frame.get("op")
             if op == "ping":
-                await self.send_frames(wsframes.compact({"event": "pong", "id": ref}))
+                with contextlib.suppress(OSError, Disconnected):  # the client may have left
+                    await self.send_frames(wsframes.compact({"event": "pong", "id": ref}))
             elif op == "append":
                 await self.append(frame, ref)
             else:
-                raise BadRequest(f"unknown op {op!r}", code="unknown_op")
+                raise BadRequest(f"unknown op {wsframes.shown(op)}", code="unknown_op")
         except StreamError as exc:
             await self.send_error(exc, ref)
 
