@@ -74,6 +74,7 @@ class StreamsApp:
         except ClientGone:
             return
         except StreamError as exc:
+            extra = extra + request.unread_body_headers()
             await respond_error(send, exc, extra, head=request.method == "HEAD")
         except Exception:
             logger.exception("error serving %s %s", request.method, scope.get("path"))

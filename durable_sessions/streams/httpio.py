@@ -42,7 +42,17 @@ class ClientGone(Exception):
 class Request:
     """The parts of an ASGI HTTP scope the protocol uses."""
 
-    __slots__ = ("caller", "headers", "method", "path", "query", "receive", "scope", "send")
+    __slots__ = (
+        "body_read",
+        "caller",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "receive",
+        "scope",
+        "send",
+    )
 
     def __init__(
         self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
@@ -61,6 +71,7 @@ class Request:
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
         self.caller = Caller(scope)
+        self.body_read = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -77,19 +88,17 @@ class Request:
         refused before anything is read (413), as is a body that grows past it.
 
         A refusal leaves the rest of the body unread, so its response closes the connection
-        (HTTP/1): the server need not read, or the client keep sending, what nobody wants.
+        (HTTP/1, ``unread_body_headers``): the server need not read, or the client keep
+        sending, what nobody wants.
         """
         declared = self.header("content-length")
-        unread = self.unread_body_headers()
         if declared is not None:
             declared = declared.strip()
             if not _DIGITS.match(declared):  # ASCII digits only: "²".isdigit() is true
-                raise BadRequest(
-                    "invalid Content-Length", code="invalid_content_length", headers=unread
-                )
+                raise BadRequest("invalid Content-Length", code="invalid_content_length")
             digits = declared.lstrip("0") or "0"  # by length first: int() takes 4300 digits
             if len(digits) > len(str(limit)) or int(digits) > limit:
-                raise PayloadTooLarge(f"the body exceeds {limit} bytes", headers=unread)
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -99,15 +108,25 @@ class Request:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the body exceeds {limit} bytes", headers=unread)
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.body_read = True
                 return b"".join(chunks)
 
-    def unread_body_headers(self) -> dict[str, str]:
-        """Headers for a response that leaves the request's body unread: ``Connection: close``
-        over HTTP/1 (HTTP/2 has no such header; its stream is reset instead)."""
-        return {"Connection": "close"} if self.scope.get("http_version", "1.1") < "2" else {}
+    def unread_body_headers(self) -> list[tuple[str, str]]:
+        """Headers for a response given before the request's body was read (a refusal from the
+        headers: 400, 401, 403, 413...): ``Connection: close`` over HTTP/1 (HTTP/2 has no such
+        header; its stream is reset instead). None when there is no body, or it was read."""
+        if self.body_read or self.scope.get("http_version", "1.1") >= "2":
+            return []
+        declared = self.header("content-length")
+        chunked = "chunked" in (self.header("transfer-encoding") or "").lower()
+        # Any declared length but zero (a garbled one included: its size is unknown).
+        zero = declared is not None and set(declared.strip()) == {"0"}
+        if chunked or (declared is not None and not zero):
+            return [("connection", "close")]
+        return []
 
     def url(self) -> str:
         """The absolute URL of this stream (for ``Location``)."""

@@ -500,6 +500,7 @@ def test_an_anonymous_write_gets_its_401_before_sending_its_body(private_uvicorn
     assert status.split()[1] == "401"
     headers = dict(line.lower().split(": ", 1) for line in lines)
     assert headers["www-authenticate"] == 'token realm="streams"'
+    assert headers["connection"] == "close"  # the body it declared stays unread
 
 
 # -- times that must stay dates (TTL, Expires-At) ------------------------------------------
