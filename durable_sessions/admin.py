@@ -106,22 +106,27 @@ class StreamAdmin(admin.ModelAdmin):
     list_per_page = 50
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        """Never: streams are created through the log's API, not here."""
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Never: a stream's rows are the log's bookkeeping (the page is read-only)."""
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Only for a stream that is not already soft-deleted; deleting goes through the log."""
         if obj is not None and obj.deleted:
             return False  # already deleted: the log removes it when its last fork goes
         return super().has_delete_permission(request, obj)
 
     @admin.display(description="created")
     def created(self, obj: Stream) -> Any:
+        """When the stream was created."""
         return shown_time(obj.created_at)
 
     @admin.display(description="expires")
     def expires(self, obj: Stream) -> Any:
+        """When the stream expires if nobody touches it (in words when it is no date)."""
         return shown_time(obj.expires_epoch)
 
     @admin.display(description="latest data")
@@ -183,9 +188,11 @@ class StreamAdmin(admin.ModelAdmin):
         return line
 
     def delete_model(self, request: HttpRequest, obj: Stream) -> None:
+        """Delete one stream through the log (after the admin's transaction)."""
         self.delete_through_log(request, [obj.path])
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Delete the selected streams through the log, one by one."""
         self.delete_through_log(request, list(queryset.values_list("path", flat=True)))
 
     def delete_through_log(self, request: HttpRequest, paths: list[str]) -> None:

@@ -65,7 +65,8 @@ def _bad_number(key: str, value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
         return "a positive, finite number"
-    return None if math.isfinite(value) and value > 0 else "a positive, finite number"
+    number = float(value)
+    return None if math.isfinite(number) and number > 0 else "a positive, finite number"
 
 
 def _policy_problems(policy: Any) -> list:

@@ -74,6 +74,7 @@ class Request:
         self.body_read = False
 
     def header(self, name: str) -> str | None:
+        """A request header (lowercase name); repeated headers joined by commas."""
         return self.headers.get(name)
 
     def param(self, name: str) -> str | None:
@@ -140,6 +141,8 @@ class Request:
 
 
 class MethodNotAllowed(StreamError):
+    """A method the protocol does not have (405, with ``Allow``)."""
+
     status = 405
     default_code = "method_not_allowed"
 
@@ -158,6 +161,7 @@ def rfc3339(epoch: float) -> str | None:
 
 
 def security_headers() -> list[tuple[str, str]]:
+    """The browser security headers every stream response carries."""
     return [
         ("x-content-type-options", "nosniff"),
         ("cross-origin-resource-policy", ds_settings.CROSS_ORIGIN_RESOURCE_POLICY),
@@ -230,6 +234,7 @@ async def respond(
 async def respond_error(
     send: ASGISend, exc: StreamError, extra: list[tuple[str, str]], *, head: bool = False
 ) -> None:
+    """Send ``exc`` as a JSON error response with its status and protocol headers."""
     headers = [
         ("content-type", "application/json"),
         ("cache-control", "no-store"),
