@@ -28,7 +28,8 @@ from django.http.request import split_domain_port, validate_host
 
 
 class _SessionHolder:
-    """The part of a request that ``aget_user`` reads: its session."""
+    """The part of a request that ``aget_user`` reads: its session (all it needs of the
+    ``HttpRequest`` its signature names)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -78,7 +79,7 @@ async def authenticate(scope: dict[str, Any]) -> tuple[Any, str | None]:
         if morsel is not None and morsel.value:
             engine = import_module(settings.SESSION_ENGINE)
             session = engine.SessionStore(morsel.value)
-            user = await aget_user(_SessionHolder(session))
+            user = await aget_user(_SessionHolder(session))  # type: ignore[arg-type]
             if user.is_authenticated:
                 return user, "session"
     return AnonymousUser(), None

@@ -20,6 +20,7 @@ POSITIVE_NUMBERS = {
     "MAX_READ_BYTES",
     "MAX_APPEND_BYTES",
     "MAX_PATH_LENGTH",
+    "MAX_JSON_DEPTH",
     "WRITER_MAX_BATCH",
     "WRITER_THREADS",
     "READER_THREADS",
@@ -33,6 +34,10 @@ POSITIVE_NUMBERS = {
 }
 BOOLEANS = {"WEBHOOK_ALLOW_LOOPBACK"}
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
+# Python's JSON parser and encoder recurse once per level, within the interpreter's recursion
+# limit (1000 by default) minus the frames already on the stack: stay well below it.
+JSON_DEPTH_CEILING = 512
+UPPER_BOUNDS = {"MAX_PATH_LENGTH": PATH_COLUMN_LENGTH, "MAX_JSON_DEPTH": JSON_DEPTH_CEILING}
 CORP_VALUES = ("same-origin", "same-site", "cross-origin")
 INTEGERS = {key for key in POSITIVE_NUMBERS if isinstance(DEFAULTS[key], int)}
 
@@ -60,12 +65,13 @@ def _bad_number(key: str, value: Any) -> str | None:
     if key in INTEGERS:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             return "a positive integer"
-        if key == "MAX_PATH_LENGTH" and value > PATH_COLUMN_LENGTH:
-            return f"a positive integer up to {PATH_COLUMN_LENGTH}"
+        if key in UPPER_BOUNDS and value > UPPER_BOUNDS[key]:
+            return f"a positive integer up to {UPPER_BOUNDS[key]}"
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
         return "a positive, finite number"
-    return None if math.isfinite(value) and value > 0 else "a positive, finite number"
+    number = float(value)
+    return None if math.isfinite(number) and number > 0 else "a positive, finite number"
 
 
 def _policy_problems(policy: Any) -> list:

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_READ_BYTES": 1024 * 1024,
     # Largest accepted append body; larger bodies get 413.
     "MAX_APPEND_BYTES": 8 * 1024 * 1024,
+    # Deepest nesting of arrays and objects in one JSON message; deeper ones get 400.
+    "MAX_JSON_DEPTH": 128,
     # Longest accepted stream path, in characters.
     "MAX_PATH_LENGTH": 1024,
     # Who may do what on the raw stream endpoints (a class with has_permission()).

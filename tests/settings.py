@@ -66,7 +66,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": _dir / "db.sqlite3",
+            "NAME": str(_dir / "db.sqlite3"),
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30},
             "TEST": {"NAME": str(_dir / "test.sqlite3")},
         }

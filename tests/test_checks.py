@@ -42,6 +42,9 @@ def test_bad_values_are_reported():
         ("LONG_POLL_TIMEOUT", float("inf")),
         ("MAX_PATH_LENGTH", 4096),
         ("AUTH_RECHECK_INTERVAL", 0),
+        ("MAX_JSON_DEPTH", 0),
+        ("MAX_JSON_DEPTH", 513),
+        ("MAX_JSON_DEPTH", 64.0),
     ):
         with override_settings(DURABLE_SESSIONS={key: value}):
             assert "durable_sessions.E003" in ids(), (key, value)
@@ -55,6 +58,12 @@ def test_bad_values_are_reported():
             assert "durable_sessions.E011" in ids(), value
     with override_settings(DURABLE_SESSIONS={"SQLITE_SYNCHRONOUS": "normal"}):
         assert "durable_sessions.E011" not in ids()
+
+
+def test_the_json_depth_may_be_raised_up_to_its_ceiling():
+    for value in (1, 512):
+        with override_settings(DURABLE_SESSIONS={"MAX_JSON_DEPTH": value}):
+            assert "durable_sessions.E003" not in ids(), value
 
 
 def test_permission_policy_must_import_and_have_has_permission():

@@ -237,12 +237,11 @@ def apply_appends(
     _load_producers(db, cur, ops, rows, batch)
     results: list[Appended | StreamError] = []
     for op in ops:
-        row = rows.get(op.path)
         if op.path in expired:
             results.append(expired[op.path])
             continue
         try:
-            results.append(_apply_one(op, row, batch, now))
+            results.append(_apply_one(op, rows.get(op.path), batch, now))
         except StreamError as exc:
             results.append(exc)
     _write(db, cur, batch, now)

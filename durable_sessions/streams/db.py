@@ -134,8 +134,7 @@ class Database:
                     params.pop("prepare_threshold", None)  # psycopg's default: prepare hot SQL
                 params.setdefault("connect_timeout", CONNECT_TIMEOUT)  # a host that went away
                 params.setdefault("application_name", application_name())
-                conn = psycopg.connect(**params, autocommit=True)
-                return conn
+                return psycopg.connect(**params, autocommit=True)
             name = str(wrapper.settings_dict["NAME"])
             uri = name.startswith("file:")
             conn = sqlite3.connect(

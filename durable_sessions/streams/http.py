@@ -9,7 +9,6 @@ response plumbing, CORS and browser headers are in ``httpio.py``.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from durable_sessions.auth import host_allowed
@@ -30,6 +29,7 @@ from durable_sessions.streams.httpio import (
     preflight_headers,
     respond,
     respond_error,
+    rfc3339,
 )
 from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
 from durable_sessions.streams.live import Follower
@@ -78,6 +78,7 @@ class StreamsApp:
         except ClientGone:
             return
         except StreamError as exc:
+            extra = extra + request.unread_body_headers()
             await respond_error(send, exc, extra, head=request.method == "HEAD")
         except Exception:
             logger.exception("error serving %s %s", request.method, scope.get("path"))
@@ -90,6 +91,7 @@ async def check(request: Request, action: str, path: str | None = None) -> None:
 
 
 def stream_headers(info: StreamInfo) -> list[tuple[str, str]]:
+    """The headers that describe a stream: content type, tail, closed."""
     headers = [("content-type", info.content_type), ("stream-next-offset", str(info.tail))]
     if info.closed:
         headers.append(("stream-closed", "true"))
@@ -127,11 +129,13 @@ def read_headers(result: ReadResult) -> list[tuple[str, str]]:
 
 
 def etag(result: ReadResult) -> str:
+    """The ETag of a read: the stream, the range, and whether it ends the stream."""
     closed = ":c" if result.closed else ""
     return f'"{result.info.id}:{result.start}:{result.next}{closed}"'
 
 
 async def handle_put(request: Request, extra: list[tuple[str, str]]) -> None:
+    """PUT: create a stream (or a fork), authorized from the headers before the body."""
     header = request.header
     ttl = protocol.parse_ttl(header("stream-ttl"))
     expires_at = protocol.parse_expires_at(header("stream-expires-at"))
@@ -185,6 +189,7 @@ def source_path(request: Request, value: str) -> str:
 
 
 async def handle_post(request: Request, extra: list[tuple[str, str]]) -> None:
+    """POST: append (or close), authorized from the headers before the body."""
     header = request.header
     close = protocol.parse_flag(header("stream-closed"))
     producer = protocol.parse_producer(
@@ -219,24 +224,27 @@ async def handle_post(request: Request, extra: list[tuple[str, str]]) -> None:
 
 
 async def handle_head(request: Request, extra: list[tuple[str, str]]) -> None:
+    """HEAD: the stream's metadata, without renewing its TTL."""
     await check(request, READ)
     info = await ainfo(request.path)
     headers = [*extra, *stream_headers(info), ("cache-control", "no-store")]
     if info.ttl_seconds is not None:
         headers.append(("stream-ttl", str(info.ttl_seconds)))
-    if info.expires_at is not None:
-        stamp = datetime.fromtimestamp(info.expires_at, tz=UTC).isoformat(timespec="milliseconds")
-        headers.append(("stream-expires-at", stamp.replace("+00:00", "Z")))
+    stamp = None if info.expires_at is None else rfc3339(info.expires_at)
+    if stamp is not None:
+        headers.append(("stream-expires-at", stamp))
     await respond(request.send, 200, headers, head=True)
 
 
 async def handle_delete(request: Request, extra: list[tuple[str, str]]) -> None:
+    """DELETE: delete the stream (soft while forks read from it)."""
     await check(request, DELETE)
     await get_store().write(DeleteOp(request.path))
     await respond(request.send, 204, extra)
 
 
 async def handle_get(request: Request, extra: list[tuple[str, str]]) -> None:
+    """GET: a catch-up read, a long-poll or an SSE response, by the ``live`` parameter."""
     offset = request.param("offset")
     live = request.param("live")
     if live is not None and live not in ("long-poll", "sse"):
@@ -257,6 +265,7 @@ async def handle_get(request: Request, extra: list[tuple[str, str]]) -> None:
 
 
 async def catch_up(request: Request, extra: list[tuple[str, str]], start: Any) -> None:
+    """Answer one catch-up read (304 when the client's ETag still matches)."""
     result = await aread(request.path, start)
     headers = [*extra, *read_headers(result)]
     if start == NOW:

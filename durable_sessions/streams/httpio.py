@@ -7,7 +7,9 @@ for an allowed ``Origin``, the CORS headers; ``Vary: Origin`` always.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -30,6 +32,7 @@ ALLOWED_HEADERS = (
 )
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 CATCH_UP_CACHE = "max-age=60, stale-while-revalidate=300"
+_DIGITS = re.compile(r"\A[0-9]+\Z")
 
 
 class ClientGone(Exception):
@@ -39,7 +42,17 @@ class ClientGone(Exception):
 class Request:
     """The parts of an ASGI HTTP scope the protocol uses."""
 
-    __slots__ = ("caller", "headers", "method", "path", "query", "receive", "scope", "send")
+    __slots__ = (
+        "body_read",
+        "caller",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "receive",
+        "scope",
+        "send",
+    )
 
     def __init__(
         self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, path: str
@@ -58,8 +71,10 @@ class Request:
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
         self.caller = Caller(scope)
+        self.body_read = False
 
     def header(self, name: str) -> str | None:
+        """A request header (lowercase name); repeated headers joined by commas."""
         return self.headers.get(name)
 
     def param(self, name: str) -> str | None:
@@ -70,11 +85,20 @@ class Request:
         return values[0] if values else None
 
     async def body(self, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes: a declared ``Content-Length`` above it is
+        refused before anything is read (413), as is a body that grows past it.
+
+        A refusal leaves the rest of the body unread, so its response closes the connection
+        (HTTP/1, ``unread_body_headers``): the server need not read, or the client keep
+        sending, what nobody wants.
+        """
         declared = self.header("content-length")
         if declared is not None:
-            if not declared.strip().isdigit():
+            declared = declared.strip()
+            if not _DIGITS.match(declared):  # ASCII digits only: "²".isdigit() is true
                 raise BadRequest("invalid Content-Length", code="invalid_content_length")
-            if int(declared) > limit:
+            digits = declared.lstrip("0") or "0"  # by length first: int() takes 4300 digits
+            if len(digits) > len(str(limit)) or int(digits) > limit:
                 raise PayloadTooLarge(f"the body exceeds {limit} bytes")
         chunks: list[bytes] = []
         size = 0
@@ -88,7 +112,22 @@ class Request:
                 raise PayloadTooLarge(f"the body exceeds {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.body_read = True
                 return b"".join(chunks)
+
+    def unread_body_headers(self) -> list[tuple[str, str]]:
+        """Headers for a response given before the request's body was read (a refusal from the
+        headers: 400, 401, 403, 413...): ``Connection: close`` over HTTP/1 (HTTP/2 has no such
+        header; its stream is reset instead). None when there is no body, or it was read."""
+        if self.body_read or self.scope.get("http_version", "1.1") >= "2":
+            return []
+        declared = self.header("content-length")
+        chunked = "chunked" in (self.header("transfer-encoding") or "").lower()
+        # Any declared length but zero (a garbled one included: its size is unknown).
+        zero = declared is not None and set(declared.strip()) == {"0"}
+        if chunked or (declared is not None and not zero):
+            return [("connection", "close")]
+        return []
 
     def url(self) -> str:
         """The absolute URL of this stream (for ``Location``)."""
@@ -102,6 +141,8 @@ class Request:
 
 
 class MethodNotAllowed(StreamError):
+    """A method the protocol does not have (405, with ``Allow``)."""
+
     status = 405
     default_code = "method_not_allowed"
 
@@ -109,7 +150,18 @@ class MethodNotAllowed(StreamError):
         super().__init__(message, headers={"Allow": ALLOWED_METHODS})
 
 
+def rfc3339(epoch: float) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC time with milliseconds (``Stream-Expires-At``); None
+    when it is no such time (stored before the header's value was bounded)."""
+    try:
+        stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None
+    return stamp.replace("+00:00", "Z")
+
+
 def security_headers() -> list[tuple[str, str]]:
+    """The browser security headers every stream response carries."""
     return [
         ("x-content-type-options", "nosniff"),
         ("cross-origin-resource-policy", ds_settings.CROSS_ORIGIN_RESOURCE_POLICY),
@@ -123,24 +175,33 @@ def cors_headers(request: Request) -> list[tuple[str, str]]:
     headers, so a shared cache must not answer one with the other's response.
     """
     headers = [*security_headers(), ("vary", "Origin")]
-    origin = request.header("origin")
-    if origin is None:
+    allowed = allowed_origin(request)
+    if allowed is None:
         return headers
-    allowed = ds_settings.CORS_ALLOWED_ORIGINS
-    if origin in allowed:
-        headers += [
-            ("access-control-allow-origin", origin),
-            ("access-control-allow-credentials", "true"),
-        ]
-    elif "*" in allowed:
-        headers.append(("access-control-allow-origin", "*"))
-    else:
-        return headers
+    headers.append(("access-control-allow-origin", allowed))
+    if allowed != "*":
+        headers.append(("access-control-allow-credentials", "true"))
     headers.append(("access-control-expose-headers", EXPOSED_HEADERS))
     return headers
 
 
+def allowed_origin(request: Request) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for this request's ``Origin``: the origin
+    itself when listed, ``*`` when any is allowed, None when there is none or it is refused."""
+    origin = request.header("origin")
+    if origin is None:
+        return None
+    allowed = ds_settings.CORS_ALLOWED_ORIGINS
+    if origin in allowed:
+        return origin
+    return "*" if "*" in allowed else None
+
+
 def preflight_headers(request: Request) -> list[tuple[str, str]]:
+    """The headers that answer a preflight (``OPTIONS``); none for a refused origin, which
+    learns nothing about what it may not do."""
+    if allowed_origin(request) is None:
+        return []
     requested = request.header("access-control-request-headers")
     return [
         ("access-control-allow-methods", ALLOWED_METHODS),
@@ -173,6 +234,7 @@ async def respond(
 async def respond_error(
     send: ASGISend, exc: StreamError, extra: list[tuple[str, str]], *, head: bool = False
 ) -> None:
+    """Send ``exc`` as a JSON error response with its status and protocol headers."""
     headers = [
         ("content-type", "application/json"),
         ("cache-control", "no-store"),

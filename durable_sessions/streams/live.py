@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import overload
 
 from durable_sessions.streams.api import aread, position
 from durable_sessions.streams.content import is_json
@@ -97,6 +98,12 @@ class Follower:
         self.finished = result.closed
         return result
 
+    @overload
+    async def next(self, timeout: None) -> ReadResult: ...
+
+    @overload
+    async def next(self, timeout: float) -> ReadResult | None: ...
+
     async def next(self, timeout: float | None) -> ReadResult | None:
         """The next batch after the position; None when ``timeout`` seconds pass without one.
 
@@ -157,6 +164,7 @@ class Follower:
         position = self.position
         assert position is not None and self.info is not None
         last = Follower._last_advance
+        result: ReadResult | None
         if last is not None and last[0] is notices and last[1] == position:
             result = last[2]
             if result.info.id == self.info.id:
@@ -186,7 +194,9 @@ class Follower:
             if notice.next.seq > position.seq:
                 return None
             closed = closed or notice.closed
-        start, self.position = self.position, position
+        start = self.position
+        assert start is not None
+        self.position = position
         self.finished = closed
         data = self._separator.join(entry.data for entry in entries)
         count = sum(entry.count for entry in entries)

@@ -13,8 +13,14 @@ from datetime import UTC, datetime
 from django.db import models
 
 
-def _as_datetime(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+def as_datetime(epoch: float | None) -> datetime | None:
+    """An epoch time as an aware datetime; None when absent or no date (NaN, past year 9999)."""
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class Stream(models.Model):
@@ -57,17 +63,23 @@ class Stream(models.Model):
     @property
     def created(self) -> datetime | None:
         """Creation time as an aware datetime."""
-        return _as_datetime(self.created_at)
+        return as_datetime(self.created_at)
 
     @property
-    def expires(self) -> datetime | None:
-        """When the stream expires if nobody touches it, as an aware datetime."""
+    def expires_epoch(self) -> float | None:
+        """When the stream expires if nobody touches it, in epoch seconds (None: never)."""
         candidates = []
         if self.ttl_seconds is not None:
             candidates.append(self.touched_at + self.ttl_seconds)
         if self.expires_at is not None:
             candidates.append(self.expires_at)
-        return _as_datetime(min(candidates)) if candidates else None
+        return min(candidates) if candidates else None
+
+    @property
+    def expires(self) -> datetime | None:
+        """``expires_epoch`` as an aware datetime (None also when it is no representable date,
+        such as a TTL of centuries stored before ``Stream-TTL`` was bounded)."""
+        return as_datetime(self.expires_epoch)
 
 
 class Entry(models.Model):

@@ -6,16 +6,25 @@ Pure functions over header values, shared by the HTTP and websocket front ends.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from durable_sessions.streams.errors import BadRequest
 from durable_sessions.streams.offsets import BEGINNING, NOW, START, Position, parse_offset
 
 MAX_SAFE_INTEGER = 2**53 - 1
+# About 317 years: any expiry a TTL sets stays a date (before 9999-12-31) that HEAD, the admin
+# and Python's datetime can state.
+MAX_TTL_DIGITS = 10
+# RFC 3339 years run from 1 to 9999; an offset can push a time outside them in UTC.
+_EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 _DECIMAL = re.compile(r"\A(0|[1-9][0-9]*)\Z")
 _DIGITS = re.compile(r"\A[0-9]+\Z")
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 _CONTENT_TYPE = re.compile(r"\A[!-~][ -~]*\Z")
+# What no text column holds: NUL (Postgres refuses it) and lone surrogates (not UTF-8). Header
+# values cannot carry them, but websocket frames (JSON escapes) and Python callers can.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def parse_flag(value: str | None) -> bool:
@@ -24,28 +33,31 @@ def parse_flag(value: str | None) -> bool:
 
 
 def parse_ttl(value: str | None) -> int | None:
-    """``Stream-TTL``: a non-negative decimal integer without sign, zeros, point or exponent."""
+    """``Stream-TTL``: a non-negative decimal integer without sign, zeros, point or exponent,
+    of at most ``MAX_TTL_DIGITS`` digits."""
     if value is None:
         return None
     value = value.strip()
-    if not _DECIMAL.match(value) or len(value) > 12:
+    if not _DECIMAL.match(value) or len(value) > MAX_TTL_DIGITS:
         raise BadRequest(f"invalid Stream-TTL {value[:40]!r}", code="invalid_ttl")
     return int(value)
 
 
 def parse_expires_at(value: str | None) -> float | None:
-    """``Stream-Expires-At``: an RFC 3339 timestamp with a time zone, as epoch seconds."""
+    """``Stream-Expires-At``: an RFC 3339 timestamp with a time zone, as epoch seconds; in UTC
+    it must still fall in the years 1 to 9999 (``9999-12-31T23:00:00-02:00`` does not)."""
     if value is None:
         return None
     value = value.strip()
     if not _RFC3339.match(value):
         raise BadRequest(f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at")
     try:
-        return datetime.fromisoformat(value.replace("z", "Z")).timestamp()
-    except ValueError:
-        raise BadRequest(
-            f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at"
-        ) from None
+        epoch = datetime.fromisoformat(value.replace("z", "Z")).timestamp()
+    except (ValueError, OverflowError):
+        epoch = None
+    if epoch is None or not _EARLIEST <= epoch <= _LATEST:
+        raise BadRequest(f"invalid Stream-Expires-At {value[:60]!r}", code="invalid_expires_at")
+    return epoch
 
 
 def parse_content_type(value: str | None) -> str | None:
@@ -82,6 +94,8 @@ def parse_producer(
     producer_id = producer_id.strip()
     if not producer_id or len(producer_id) > 255:
         raise BadRequest("Producer-Id must be 1 to 255 characters", code="invalid_producer")
+    if _UNSTORABLE.search(producer_id):
+        raise BadRequest("Producer-Id holds NUL or a lone surrogate", code="invalid_producer")
     return producer_id, _integer("Producer-Epoch", epoch), _integer("Producer-Seq", seq)
 
 
@@ -91,6 +105,8 @@ def parse_stream_seq(value: str | None) -> str | None:
         return None
     if not value or len(value) > 1024:
         raise BadRequest("Stream-Seq must be 1 to 1024 characters", code="invalid_stream_seq")
+    if _UNSTORABLE.search(value):
+        raise BadRequest("Stream-Seq holds NUL or a lone surrogate", code="invalid_stream_seq")
     return value
 
 
@@ -118,6 +134,8 @@ def parse_stream_path(path: str, max_length: int) -> str:
         raise BadRequest(f"a stream path has 1 to {max_length} characters", code="invalid_path")
     if any(ord(char) < 32 or ord(char) == 127 for char in path):
         raise BadRequest("a stream path has no control characters", code="invalid_path")
+    if _UNSTORABLE.search(path):
+        raise BadRequest("a stream path has no lone surrogates", code="invalid_path")
     segments = path.split("/")
     if any(segment in {"", ".", ".."} for segment in segments):
         raise BadRequest("a stream path has no empty, '.' or '..' segments", code="invalid_path")

@@ -55,7 +55,11 @@ class StreamRow:
 
     def closed_by(self) -> tuple[str, int, int] | None:
         """The producer ``(id, epoch, seq)`` whose write closed the stream, if one did."""
-        if self.closed_by_producer is None:
+        if (
+            self.closed_by_producer is None
+            or self.closed_by_epoch is None
+            or self.closed_by_seq is None
+        ):
             return None
         return (self.closed_by_producer, int(self.closed_by_epoch), int(self.closed_by_seq))
 
@@ -119,7 +123,7 @@ class StoredEntry(NamedTuple):
 
     seq: int
     end_bytes: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field over tuple.count: its messages
     data: bytes
 
     @property

@@ -165,7 +165,7 @@ class Relay:
 
     async def _send_loop(self) -> None:
         layer = make_layer(self.alias)
-        assert self._wake is not None
+        assert layer is not None and self._wake is not None  # (enabled: a layer exists)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -184,6 +184,7 @@ class Relay:
 
     async def _listen_loop(self) -> None:
         layer = make_layer(self.alias)
+        assert layer is not None  # (enabled: a layer exists)
         channel = None
         while True:
             try:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from durable_sessions.streams import commit, lifecycle
 from durable_sessions.streams.db import Database, ThreadConnections, connection_lost, retryable
@@ -80,6 +80,12 @@ class Writer:
         self._next_sweep = time.monotonic() + (sweep_interval or 0.0)
 
     # -- the caller's side ---------------------------------------------------------------------
+
+    @overload
+    def submit(self, op: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]: ...
+
+    @overload
+    def submit(self, op: Any, loop: None = None) -> concurrent.futures.Future[Any]: ...
 
     def submit(self, op: Any, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
         """Queue ``op``; returns an asyncio future on ``loop``, or a concurrent future."""
@@ -254,6 +260,7 @@ class Writer:
             )
 
     def _single(self, op: Any, waiter: Waiter) -> None:
+        fn: Callable[[Database, Any, Any, float], tuple[Any, list[Notice]]]
         if isinstance(op, lifecycle.CreateOp):
             fn = lifecycle.create
         elif isinstance(op, lifecycle.DeleteOp):

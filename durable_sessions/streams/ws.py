@@ -28,10 +28,18 @@ from durable_sessions.conf import ds_settings
 from durable_sessions.streams import eager, protocol, wsframes
 from durable_sessions.streams.errors import BadRequest, StreamError
 from durable_sessions.streams.live import Follower
-from durable_sessions.streams.offsets import NOW, parse_read_offset
+from durable_sessions.streams.offsets import parse_read_offset
 from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
 from durable_sessions.streams.wsauth import SocketAuth, rechecks_needed
+
+try:  # what daphne (autobahn) raises for a send to a client that has left
+    from autobahn.exception import Disconnected
+except ImportError:  # pragma: no cover  (daphne is a dependency, but uvicorn needs no autobahn)
+
+    class Disconnected(Exception):  # type: ignore[no-redef]
+        """Stands in for autobahn's, which nothing raises without it."""
+
 
 logger = logging.getLogger("durable_sessions.streams.ws")
 
@@ -40,6 +48,12 @@ MAX_IN_FLIGHT = 256  # unacknowledged appends per connection before we stop read
 
 
 _watched: dict[asyncio.AbstractEventLoop, weakref.WeakSet] = {}
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether a failed send only means that the client has left: uvicorn raises an OSError
+    (``ClientDisconnected``), daphne autobahn's ``Disconnected``; the disconnect follows."""
+    return isinstance(exc, OSError | Disconnected)
 
 
 def watch(socket: StreamSocket) -> None:
@@ -86,11 +100,12 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.main_task = asyncio.current_task()
         self.stalled = False
         self.ending = False
-        self.pump = None
-        self.sending = None  # a direct send (send_now) that had to wait, continuing in a task
-        self.follower = None
-        self.pending = set()
-        self.sending_since = None
+        self.pump: asyncio.Future[None] | None = None
+        # A direct send (send_now) that had to wait, continuing in a task.
+        self.sending: asyncio.Future[None] | None = None
+        self.follower: Follower | None = None
+        self.pending: set[asyncio.Future[None]] = set()
+        self.sending_since: float | None = None
         self._sending = 0
         self.auth: SocketAuth | None = None
         try:
@@ -121,6 +136,7 @@ class StreamSocket(AsyncWebsocketConsumer):
                 self.main_task.cancel()
 
     async def connect(self) -> None:
+        """The handshake: accept, check the path, offset and permission, start following."""
         self.content_type = ""
         self.auth = SocketAuth(self.scope, self.close_refused)
         self.delivered: Any = None
@@ -138,9 +154,10 @@ class StreamSocket(AsyncWebsocketConsumer):
             if len(query) != len(pairs):
                 raise BadRequest("a query parameter appears more than once", code="invalid_query")
             start = parse_read_offset(query.get("offset"))
+            assert self.auth is not None
             await self.auth.admit(path)
             self.path = path
-            self.follower = Follower(path, None if start == NOW else start, self.send_now)
+            self.follower = Follower(path, None if isinstance(start, str) else start, self.send_now)
             first = await self.follower.next(None)
         except StreamError as exc:
             await self.send_error(exc)
@@ -152,6 +169,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         watch(self)
 
     async def disconnect(self, code: int) -> None:
+        """The client left: stop following."""
         if self.pump is not None:
             self.pump.cancel()
         if self.follower is not None:
@@ -194,8 +212,9 @@ class StreamSocket(AsyncWebsocketConsumer):
         except StreamError as exc:
             await self.send_error(exc)
             await self.end(wsframes.close_code(exc))
-        except Exception:
-            logger.exception("websocket follower of %s failed", self.path)
+        except Exception as exc:
+            if not client_gone(exc):
+                logger.exception("websocket follower of %s failed", self.path)
             await self.end(wsframes.CLOSE_CODES["internal_error"])
 
     async def send_batch(self, result: ReadResult) -> None:
@@ -246,7 +265,8 @@ class StreamSocket(AsyncWebsocketConsumer):
             self.delivered = position
 
     async def direct_send_failed(self, exc: Exception) -> None:
-        if not isinstance(exc, OSError):  # not just a client gone (its disconnect follows)
+        """A send from the hub's pass failed: end the socket (logged unless the client left)."""
+        if not client_gone(exc):
             logger.error("websocket direct send on %s failed", self.path, exc_info=exc)
         if self.pump is not None:
             self.pump.cancel()
@@ -276,6 +296,7 @@ class StreamSocket(AsyncWebsocketConsumer):
                 self.sending_since = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
+        """Route an ASGI message to its handler (closing stale Django connections first)."""
         # Channels closes stale Django connections before every message. Only the handshake
         # touches the database (authentication); frames do not need a thread hop each.
         if message["type"] == "websocket.connect":
@@ -288,23 +309,27 @@ class StreamSocket(AsyncWebsocketConsumer):
     # -- writing -------------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One frame from the client: a ping, or an append (answered by an ack or an error)."""
         if self.follower is None:
             return  # refused at connect; the close is on its way
         ref = None
         try:
             frame = wsframes.parse_frame(text_data)
-            ref = frame.get("id")
+            ref = wsframes.frame_id(frame)
             op = frame.get("op")
             if op == "ping":
-                await self.send_frames(wsframes.compact({"event": "pong", "id": ref}))
+                with contextlib.suppress(OSError, Disconnected):  # the client may have left
+                    await self.send_frames(wsframes.compact({"event": "pong", "id": ref}))
             elif op == "append":
                 await self.append(frame, ref)
             else:
-                raise BadRequest(f"unknown op {op!r}", code="unknown_op")
+                raise BadRequest(f"unknown op {wsframes.shown(op)}", code="unknown_op")
         except StreamError as exc:
             await self.send_error(exc, ref)
 
     async def append(self, frame: dict[str, Any], ref: Any) -> None:
+        """Queue an append frame on the writer (in frame order); its ack follows the commit."""
+        assert self.auth is not None  # (set at connect, before any frame is read)
         if not await self.auth.authorize_append(ref):
             return  # the user may no longer read: the socket is closing
         op = wsframes.append_op(frame, self.path, self.content_type)
@@ -329,6 +354,7 @@ class StreamSocket(AsyncWebsocketConsumer):
         await self.end(wsframes.close_code(exc))
 
     async def acknowledge(self, waiter: asyncio.Future, ref: Any) -> None:
+        """Answer an append once it committed (or failed)."""
         try:
             result = await waiter
         except StreamError as exc:
@@ -338,5 +364,6 @@ class StreamSocket(AsyncWebsocketConsumer):
             await self.send_frames(wsframes.ack_frame(result, ref))
 
     async def send_error(self, exc: StreamError, ref: Any = None) -> None:
+        """Send an error frame (the client may be gone: then nothing)."""
         with contextlib.suppress(Exception):
             await self.send_frames(wsframes.error_frame(exc, ref))

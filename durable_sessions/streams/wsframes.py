@@ -9,12 +9,13 @@ Server to client, the same pairs as SSE, as JSON text frames::
 Client to server::
 
     {"op": "append", "id": <ref>, "data": <message or array>, "producer"?: {"id","epoch","seq"},
-     "seq"?: <Stream-Seq>, "close"?: true}
+     "seq"?: <Stream-Seq>, "close"?: true, "encoding"?: "base64"}
         -> {"event": "ack", "id": <ref>, "streamNextOffset": ..., ...}
         or {"event": "error", "id": <ref>, "status": N, "code": ..., "message": ...}
     {"op": "ping", "id"?: <ref>}  -> {"event": "pong", "id": <ref>}
 
-A connection ends with one of ``CLOSE_CODES``.
+A connection ends with one of ``CLOSE_CODES``. A client frame is checked whole before anything is
+queued: an unknown field or an option of the wrong type is an error frame, never ignored.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import protocol
 from durable_sessions.streams.commit import AppendOp
-from durable_sessions.streams.content import Payload, is_json, is_text, json_payload
+from durable_sessions.streams.content import (
+    Payload,
+    check_depth,
+    is_json,
+    is_text,
+    json_payload,
+    too_deep,
+)
 from durable_sessions.streams.errors import BadRequest, PayloadTooLarge, StreamError
 from durable_sessions.streams.records import Appended, ReadResult
 from durable_sessions.streams.render import RenderCache
@@ -42,6 +51,11 @@ CLOSE_CODES = {
     "stream_gone": 4410,  # deleted while followed (or soft-deleted)
     "internal_error": 1011,
 }
+
+APPEND_FIELDS = frozenset({"op", "id", "data", "encoding", "close", "seq", "producer"})
+PRODUCER_FIELDS = ("id", "epoch", "seq")
+# Levels a frame adds around its messages: the frame object, and ``data`` as an array.
+ENVELOPE_DEPTH = 2
 
 
 def compact(value: Any) -> str:
@@ -98,8 +112,14 @@ def parse_frame(text: str | None) -> dict[str, Any]:
         raise BadRequest("frames are JSON text", code="invalid_frame")
     if len(text) > ds_settings.MAX_APPEND_BYTES * 2 + 65536:
         raise PayloadTooLarge("frame too large")
+    # Checked on the text, before the parser recurses: the frame and a data array are two levels
+    # around the messages, whose own depth ``payload`` checks exactly.
+    if text.count("[") + text.count("{") > ds_settings.MAX_JSON_DEPTH + ENVELOPE_DEPTH:
+        check_depth(text.encode("utf-8", "surrogatepass"), extra=ENVELOPE_DEPTH)
     try:
-        frame = json.loads(text)
+        frame = json.loads(text)  # NaN and Infinity are refused where they matter: id, data
+    except RecursionError:  # a safety net: the scan above refuses what could get here
+        raise too_deep(ds_settings.MAX_JSON_DEPTH) from None
     except ValueError:
         raise BadRequest("frames are JSON text", code="invalid_frame") from None
     if not isinstance(frame, dict):
@@ -107,13 +127,45 @@ def parse_frame(text: str | None) -> dict[str, Any]:
     return frame
 
 
+def shown(value: Any) -> str:
+    """A client's value quoted in an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def frame_id(frame: dict[str, Any]) -> Any:
+    """The frame's ``id``, echoed in its answer: a string, a finite number, a boolean or null.
+
+    An object or array is refused (its answer's ``id`` is then null), as are ``NaN``, the
+    infinities and numbers too large for a double, which could not be echoed as JSON.
+    """
+    ref = frame.get("id")
+    if isinstance(ref, dict | list):
+        raise BadRequest("id is a string, a number, a boolean or null", code="invalid_frame")
+    if isinstance(ref, float) and not math.isfinite(ref):
+        raise BadRequest("id is not a finite number", code="invalid_frame")
+    return ref
+
+
 def append_op(frame: dict[str, Any], path: str, content_type: str) -> AppendOp:
-    """The append an ``append`` frame asks for, on a stream of ``content_type``."""
+    """The append an ``append`` frame asks for, on a stream of ``content_type``.
+
+    Every field is checked (an option that is null counts as absent), whatever the stream's
+    state: a frame that is refused writes nothing.
+    """
+    unknown = sorted(set(frame) - APPEND_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field {shown(unknown[0])} in an append frame", code="unknown_field"
+        )
+    close = frame.get("close")
+    if close is not None and not isinstance(close, bool):
+        raise BadRequest("close is true or false", code="invalid_frame")
     op = AppendOp(
         path,
         payload(frame, content_type),
         None,
-        frame.get("close") is True,
+        close is True,
         stream_seq(frame),
         producer(frame),
     )
@@ -124,6 +176,11 @@ def append_op(frame: dict[str, Any], path: str, content_type: str) -> AppendOp:
 
 def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
     """The bytes an append frame carries: messages on a JSON stream, else text or base64."""
+    encoding = frame.get("encoding")
+    if encoding is not None and is_json(content_type):
+        raise BadRequest("no encoding on a JSON stream: data is JSON", code="invalid_frame")
+    if encoding is not None and encoding != "base64":
+        raise BadRequest(f"unknown encoding {shown(encoding)}: only 'base64'", code="invalid_frame")
     if "data" not in frame:
         return None
     data = frame["data"]
@@ -134,7 +191,7 @@ def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
         return json_payload(values)
     if not isinstance(data, str):
         raise BadRequest("data must be a string on a non-JSON stream", code="invalid_frame")
-    if frame.get("encoding") == "base64":
+    if encoding == "base64":
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
@@ -157,9 +214,9 @@ def producer(frame: dict[str, Any]) -> tuple[str, int, int] | None:
     producer = frame.get("producer")
     if producer is None:
         return None
-    if not isinstance(producer, dict):
+    if not isinstance(producer, dict) or set(producer) - set(PRODUCER_FIELDS):
         raise BadRequest("producer is {id, epoch, seq}", code="invalid_producer")
-    values = [producer.get(key) for key in ("id", "epoch", "seq")]
+    values = [producer.get(key) for key in PRODUCER_FIELDS]
     if not isinstance(values[0], str) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in values[1:]
     ):

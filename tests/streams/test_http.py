@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import time
 import uuid
 
 import httpx
@@ -13,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
+from durable_sessions import streams
 from durable_sessions.streams.offsets import parse_offset
 from tests.servers import ServerProcess
+from tests.streams.asgi import request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,7 +117,9 @@ def test_malformed_append_headers_are_400(client, headers, code):
     assert client.get(path).content == b""
 
 
-def test_a_garbled_content_length_is_rejected_before_any_write(client, public_server):
+def test_daphne_itself_refuses_a_garbled_content_length(client, public_server):
+    """Daphne's parser answers 400 before our application is called (the application's own
+    check is tested in process: test_a_garbled_content_length_is_400_before_any_read)."""
     path = name()
     client.put(path, headers={"content-type": "text/plain"})
     raw = (
@@ -495,3 +500,175 @@ def test_an_anonymous_write_gets_its_401_before_sending_its_body(private_uvicorn
     assert status.split()[1] == "401"
     headers = dict(line.lower().split(": ", 1) for line in lines)
     assert headers["www-authenticate"] == 'token realm="streams"'
+    assert headers["connection"] == "close"  # the body it declared stays unread
+
+
+# -- times that must stay dates (TTL, Expires-At) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"stream-ttl": "999999999999"}, 400),  # 12 digits: ~31,700 years, beyond year 9999
+        ({"stream-ttl": "10000000000"}, 400),
+        ({"stream-ttl": "9999999999"}, 201),
+        ({"stream-expires-at": "9999-12-31T23:59:59-23:59"}, 400),  # year 10000 in UTC
+        ({"stream-expires-at": "9999-12-31T23:59:59.9999999Z"}, 400),
+        ({"stream-expires-at": "0001-01-01T00:00:00+01:00"}, 400),  # year 0 in UTC
+        ({"stream-expires-at": "9999-12-31T12:00:00Z"}, 201),
+    ],
+)
+def test_ttls_and_expiry_times_must_stay_dates(client, headers, status):
+    path = name()
+    response = client.put(path, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["code"] in ("invalid_ttl", "invalid_expires_at")
+        assert client.head(path).status_code == 404
+    else:
+        head = client.head(path)
+        assert head.status_code == 200
+        assert head.headers.get("stream-ttl") == headers.get("stream-ttl")
+        assert head.headers.get("stream-expires-at", "").startswith(
+            headers.get("stream-expires-at", "")[:10]
+        )
+
+
+def test_head_survives_an_expiry_that_is_no_date(client):
+    """The Python API stores any epoch; HEAD leaves out what it cannot state as RFC 3339."""
+    path = name()
+    streams.create(path, content_type="text/plain", expires_at=1e300)
+    head = client.head(path)
+    assert head.status_code == 200
+    assert "stream-expires-at" not in head.headers
+
+
+# -- Content-Length: refused from the header, before the body is read ----------------------
+
+PUBLIC = {"PERMISSION_POLICY": "durable_sessions.streams.permissions.AllowAny"}
+TEXT = ("content-type", "text/plain")
+
+
+@pytest.fixture
+def in_process(settings):
+    """The application in process, public, with a 1000-byte append limit."""
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, **PUBLIC, "MAX_APPEND_BYTES": 1000}
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+async def test_an_oversize_content_length_is_413_without_a_receive(in_process, method):
+    path = name()
+    if method == "POST":
+        await streams.acreate(path, content_type="text/plain")
+    for declared in ("1001", "9" * 5000, "00000000000000000000001001"):
+        response = await request(
+            method, path, headers=[TEXT, ("content-length", declared)], body=b"x" * 1001
+        )
+        assert (response.status, response.code) == (413, "payload_too_large"), declared[:20]
+        assert response.receive_calls == 0  # answered from the header alone
+        assert response.headers["vary"] == "Origin"
+        assert response.headers["connection"] == "close"  # the body stays unread
+    fits = await request(
+        method, path, headers=[TEXT, ("content-length", "0001000")], body=b"y" * 1000
+    )
+    assert fits.status in (201, 204) and fits.receive_calls == 1
+    assert (await streams.aread(path)).body == b"y" * 1000
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", "12x", "-1", "+5", "1e3", "0x10", "", "5, 5", "\xb2", "1\xb9", "\xbd"]
+)
+async def test_a_garbled_content_length_is_400_before_any_read(in_process, value):
+    """Non-ASCII digits too: "\xb2" (superscript two) is a digit to str.isdigit() but not to
+    int(). (Daphne and uvicorn refuse such headers themselves; other servers may not.)"""
+    path = name()
+    await streams.acreate(path, content_type="text/plain")
+    response = await request("POST", path, headers=[TEXT, ("content-length", value)], body=b"hello")
+    assert (response.status, response.code) == (400, "invalid_content_length")
+    assert response.receive_calls == 0 and response.headers["connection"] == "close"
+    assert (await streams.aread(path)).body == b""
+
+
+def read_response_head(sock: socket.socket) -> bytes:
+    """The status line and headers of the response arriving on ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def declared_but_not_sent(port: int, path: str, declared: int, extra: str = "") -> bytes:
+    """POST headers declaring ``declared`` bytes, then only 5 of them; the response head, which
+    must come within the socket's timeout (nothing else is sent), and the connection closed."""
+    head = (
+        f"POST /v1/stream/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {declared}\r\n{extra}\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"hello")
+        response = read_response_head(sock)
+        while sock.recv(65536):  # then the server closes the connection (within the timeout)
+            pass
+        return response
+
+
+@pytest.fixture(scope="module")
+def uvicorn_servers(django_db_setup, django_db_blocker):
+    """A public and a private uvicorn process on the test database."""
+    with django_db_blocker.unblock():
+        public = ServerProcess(server="uvicorn").start()
+        try:
+            private = ServerProcess(server="uvicorn", public=False).start()
+        except Exception:
+            public.stop()
+            raise
+    yield public, private
+    public.stop()
+    private.stop()
+
+
+def test_uvicorn_answers_an_oversize_declared_body_at_once(uvicorn_servers):
+    """Uvicorn calls the application as soon as the headers are in: the 413 comes while the
+    client has sent 5 of the 100 MB it declared, and the connection is closed at once
+    (``Connection: close``), not after uvicorn's 5-second keep-alive timeout."""
+    public, private = uvicorn_servers
+    path = name()
+    with httpx.Client(base_url=f"{public.url}/v1/stream/", timeout=10) as http:
+        assert http.put(path, headers={"content-type": "text/plain"}).status_code == 201
+        started = time.monotonic()
+        head = declared_but_not_sent(public.port, path, 100_000_000)
+        assert head.split(b"\r\n", 1)[0].split()[1] == b"413", head
+        assert b"connection: close" in head.lower()
+        assert time.monotonic() - started < 4
+        assert http.get(path).content == b""
+    # Anonymous on the private server: refused too without the body being read (401 or 413,
+    # whichever check the application makes first).
+    head = declared_but_not_sent(private.port, name(), 100_000_000)
+    assert head.split(b"\r\n", 1)[0].split()[1] in (b"401", b"413"), head
+
+
+def test_daphne_reads_the_whole_body_before_the_413(client, public_server):
+    """Daphne (Twisted) buffers a request's body before it calls the application
+    (docs/deployment.md): with 5 of 9 MiB sent, no answer comes; once the rest is sent, the
+    application answers 413 from Content-Length, without reading the body, and writes nothing."""
+    path = name()
+    client.put(path, headers={"content-type": "text/plain"})
+    declared = 9 * 1024 * 1024
+    head = (
+        f"POST /v1/stream/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", public_server.port), timeout=10) as sock:
+        sock.sendall(head + b"hello")
+        sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):  # still waiting for the body it was promised
+            sock.recv(65536)
+        sock.settimeout(10)
+        sock.sendall(b"\0" * (declared - 5))
+        response = read_response_head(sock)
+    assert response.split(b"\r\n", 1)[0].split()[1] == b"413", response
+    assert b"payload_too_large" in response or b"content-type: application/json" in response.lower()
+    assert client.get(path).content == b""

@@ -133,6 +133,38 @@ async def test_text_and_binary_streams_and_producers(public):
             400,
             "invalid_producer",
         ),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "p", "epoch": 0, "seq": 0,'
+            ' "sequence": 1}}',
+            400,
+            "invalid_producer",
+        ),
+        # Options of a wrong type or an unknown value are refused, never ignored:
+        ('{"op": "append", "id": 7, "data": 1, "close": "yes"}', 400, "invalid_frame"),
+        ('{"op": "append", "id": 7, "data": 1, "close": 1}', 400, "invalid_frame"),
+        ('{"op": "append", "id": 7, "close": "true"}', 400, "invalid_frame"),
+        ('{"op": "append", "id": 7, "data": 1, "encoding": "base64"}', 400, "invalid_frame"),
+        ('{"op": "append", "id": 7, "data": "AQ==", "encoding": "hex"}', 400, "invalid_frame"),
+        ('{"op": "append", "id": 7, "data": 1, "clsoe": true}', 400, "unknown_field"),
+        ('{"op": "append", "id": 7, "data": 1, "Close": true}', 400, "unknown_field"),
+        ('{"op": "append", "id": 7, "data": 1, "seq": ["1"]}', 400, "invalid_stream_seq"),
+        ('{"op": "append", "id": 7, "data": 1, "producer": "p"}', 400, "invalid_producer"),
+        ('{"op": "append", "id": 7, "data": [1, NaN]}', 400, "invalid_json"),
+        # Text no column can hold (Postgres refuses NUL; lone surrogates are not UTF-8):
+        ('{"op": "append", "id": 7, "data": 1, "seq": "a\\u0000"}', 400, "invalid_stream_seq"),
+        ('{"op": "append", "id": 7, "data": 1, "seq": "\\ud800"}', 400, "invalid_stream_seq"),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "\\udfff", "epoch": 0,'
+            ' "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
+        (
+            '{"op": "append", "id": 7, "data": 1, "producer": {"id": "p\\u0000", "epoch": 0,'
+            ' "seq": 0}}',
+            400,
+            "invalid_producer",
+        ),
     ],
 )
 async def test_bad_frames_get_error_frames_and_write_nothing(public, frame, status, code):
@@ -144,11 +176,62 @@ async def test_bad_frames_get_error_frames_and_write_nothing(public, frame, stat
     await ws.send_to(text_data=frame)
     error = json.loads(await ws.receive_from())
     assert error["event"] == "error" and error["status"] == status and error["code"] == code
+    if code not in ("invalid_frame", "unknown_op") or frame.startswith('{"op": "append"'):
+        assert error["id"] == 7
     await ws.send_to(bytes_data=b"\x00")
     assert json.loads(await ws.receive_from())["code"] == "invalid_frame"
     await ws.send_to(text_data=json.dumps({"op": "ping", "id": 1}))  # still alive
     assert json.loads(await ws.receive_from()) == {"event": "pong", "id": 1}
     assert (await streams.aread("ws/bad")).messages() == [0]
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("ref", "echoed"),
+    [
+        ('"a"', "a"),
+        ("7", 7),
+        ("1.5", 1.5),
+        ("true", True),
+        ("null", None),
+        ('{"a": 1}', "refused"),
+        ("[1]", "refused"),
+        ("1e400", "refused"),  # Python reads it as infinite: it could not be echoed as JSON
+        ("NaN", "refused"),
+    ],
+)
+async def test_a_frame_id_is_echoed_only_when_it_is_a_json_scalar(public, ref, echoed):
+    """An object or array id is refused: the error's id is null and nothing is written."""
+    await streams.acreate("ws/ids", content_type="application/json", data="[0]")
+    ws = socket("ws/ids", "now")
+    await ws.connect()
+    await ws.receive_from()
+    await ws.send_to(text_data=f'{{"op": "ping", "id": {ref}}}')
+    pong = json.loads(await ws.receive_from())
+    await ws.send_to(text_data=f'{{"op": "append", "id": {ref}, "data": 1}}')
+    answers = await frames_until(ws, lambda f: f["event"] in ("ack", "error"))
+    answer = answers[-1]
+    if echoed == "refused":
+        assert pong["event"] == "error" and pong["id"] is None
+        assert answer["event"] == "error" and answer["id"] is None and answer["status"] == 400
+        assert (await streams.aread("ws/ids")).messages() == [0]
+    else:
+        assert pong == {"event": "pong", "id": echoed}
+        assert answer["event"] == "ack" and answer["id"] == echoed
+        assert (await streams.aread("ws/ids")).messages() == [0, 1]
+    await ws.disconnect()
+
+
+async def test_null_options_are_absent_and_false_close_leaves_the_stream_open(public):
+    await streams.acreate("ws/nulls", content_type="text/plain")
+    ws = socket("ws/nulls", "now")
+    await ws.connect()
+    await ws.receive_from()
+    frame = {"op": "append", "id": 1, "data": "a", "close": False, "seq": None, "producer": None}
+    await ws.send_to(text_data=json.dumps({**frame, "encoding": None}))
+    assert (await frames_until(ws, lambda f: f["event"] in ("ack", "error")))[-1]["event"] == "ack"
+    info = await streams.ainfo("ws/nulls")
+    assert not info.closed and (await streams.aread("ws/nulls")).body == b"a"
     await ws.disconnect()
 
 
@@ -351,3 +434,47 @@ async def test_a_send_from_the_hubs_pass_that_fails_ends_the_socket(public, erro
     assert bool(logged) == (error is RuntimeError)
     await refused.disconnect()
     await other.disconnect()
+
+
+# -- against a real daphne process ---------------------------------------------------------
+
+
+def test_a_client_that_leaves_is_not_logged_as_an_error(public_server):
+    """Clients close while the server is sending them a catch-up and live appends: daphne then
+    refuses sends (autobahn's ``Disconnected``), which is a client gone, not a server error."""
+    import threading
+    import uuid
+
+    import httpx
+    from websockets.sync.client import connect
+
+    path = f"ws-leave-{uuid.uuid4().hex[:12]}"
+    base = f"{public_server.url}/v1/stream/{path}"
+    page = json.dumps([{"text": "x" * 1000}] * 300)  # ~300 KB per append: a catch-up of pages
+    with httpx.Client(timeout=10) as http:
+        assert http.put(base, headers={"content-type": "application/json"}).status_code == 201
+        for _ in range(12):
+            http.post(base, headers={"content-type": "application/json"}, content=page)
+    start = len(public_server.output())
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                http.post(base, headers={"content-type": "application/json"}, content="[1]")
+
+    appender = threading.Thread(target=keep_appending)
+    appender.start()
+    try:
+        url = f"ws://127.0.0.1:{public_server.port}/ws/v1/stream/{path}?offset=-1"
+        for _ in range(20):
+            with connect(url, max_size=None) as client:
+                client.recv(timeout=10)  # the first page; then leave in the middle of the rest
+    finally:
+        stop.set()
+        appender.join()
+    # Every follower has ended once its socket is gone: a last socket answers normally.
+    with connect(url.replace("offset=-1", "offset=now"), max_size=None) as client:
+        assert json.loads(client.recv(timeout=10))["event"] == "control"
+    log = public_server.output()[start:]
+    assert "ERROR" not in log and "Traceback" not in log, log[-3000:]
