@@ -277,7 +277,9 @@ def parse_acks(body: Any) -> tuple[str, int, list[Ack], bool]:
     return wake_id, generation, acks, done
 
 
-def _fence(subscription: Subscription, token: str, wake_id: str, generation: int, now: float):
+def _fence(
+    subscription: Subscription, token: str, wake_id: str, generation: int, now: float
+) -> None:
     token_generation, token_wake = tokens.verify(token, subscription.id)
     current = (subscription.generation, subscription.wake_id)
     if (

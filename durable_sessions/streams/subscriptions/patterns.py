@@ -63,7 +63,7 @@ def literal_prefix(pattern: str) -> str:
     followed by ``/`` (empty when the pattern starts with one). A pattern without wildcards is
     its own prefix."""
     segments = _segments(pattern)
-    literal = []
+    literal: list[str] = []
     for segment in segments:
         if segment in {ONE, ANY}:
             return "".join(f"{s}/" for s in literal)

@@ -174,8 +174,9 @@ def remove_stream(subscription_id: str, path: str) -> None:
     db = cursors.alias()
     with transaction.atomic(using=db):
         subscription = _locked(subscription_id)
-        link = SubscriptionLink.objects.using(db).filter(subscription=subscription, path=path)
-        link = link.first()
+        link = (
+            SubscriptionLink.objects.using(db).filter(subscription=subscription, path=path).first()
+        )
         if link is None:
             return
         still_matched = subscription.pattern is not None and patterns.matches(
@@ -199,11 +200,13 @@ def links_for_new_streams(created: list[tuple[str, int, Position]]) -> set[str]:
     """
     db = cursors.alias()
     touched: set[str] = set()
-    with_patterns = list(
-        Subscription.objects.using(db)
+    with_patterns = [
+        (subscription_id, pattern)
+        for subscription_id, pattern in Subscription.objects.using(db)
         .filter(deleted=False, pattern__isnull=False)
         .values_list("id", "pattern")
-    )
+        if pattern is not None
+    ]
     for path, stream_id, start in created:
         for subscription_id, pattern in with_patterns:
             if not patterns.matches(pattern, path):

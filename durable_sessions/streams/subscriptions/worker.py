@@ -212,6 +212,8 @@ class SubscriptionWorker:
             .filter(deleted=False, pattern__isnull=False)
             .values_list("id", "pattern", "created_at")
         ):
+            if pattern is None:
+                continue
             linked = SubscriptionLink.objects.using(db).filter(subscription_id=subscription_id)
             candidates = (
                 Stream.objects.using(db)
