@@ -47,7 +47,6 @@ logger = logging.getLogger("durable_sessions.streams.subscriptions")
 LINK = "durable_sessions_subscription_link"
 SUBSCRIPTION = "durable_sessions_subscription"
 BACKFILL_EVERY = 10  # sweeps between passes that link streams a pattern matches
-EXISTS_TTL = 1.0  # seconds a "no subscription at all" answer is trusted after commits
 
 
 class SubscriptionWorker:
@@ -62,7 +61,6 @@ class SubscriptionWorker:
         self._pool: ThreadPoolExecutor | None = None
         self._sending: set[str] = set()
         self._sending_lock = threading.Lock()
-        self._none_until = 0.0  # until when "there is no subscription" holds
         self._sweeps = 0
         leases.delivery_listeners.append(self.poke)
 
@@ -144,18 +142,15 @@ class SubscriptionWorker:
             connections.close_all()  # this thread's connections
 
     def _any(self) -> bool:
-        """Whether any subscription exists (checked at most once a second while none does)."""
-        if time.monotonic() < self._none_until:
-            return False
-        found = Subscription.objects.using(cursors.alias()).filter(deleted=False).exists()
-        if not found:
-            self._none_until = time.monotonic() + EXISTS_TTL
-        return found
+        """Whether any subscription exists: one cheap query per round, so that a project
+        without subscriptions pays nothing more (never cached: a subscription made by another
+        process a moment ago must see the next commit)."""
+        return Subscription.objects.using(cursors.alias()).filter(deleted=False).exists()
 
     def after_commit(self, changes: list[Change]) -> None:
         """Link new streams, then wake the subscriptions of the touched streams."""
         if not self._any():
-            return  # (the sweep finds what a subscription created meanwhile missed)
+            return
         created = [
             (change.path, change.stream_id, change.start or START)
             for change in changes
