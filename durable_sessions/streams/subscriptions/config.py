@@ -120,10 +120,10 @@ def parse(body: Any) -> Config:
         url = webhook.get("url")
         if not isinstance(url, str) or not url:
             raise InvalidRequest("webhook.url must be a URL")
-        webhooks.validate_url(url)
-        webhook_url = url
         if body.get("wake_stream") is not None:
             raise InvalidRequest("wake_stream is for pull-wake subscriptions")
+        webhooks.validate_url(url)  # last: it resolves the host name
+        webhook_url = url
     else:
         if body.get("webhook") is not None:
             raise InvalidRequest("webhook is for webhook subscriptions")
