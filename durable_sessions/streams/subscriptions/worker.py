@@ -62,6 +62,7 @@ class SubscriptionWorker:
         self._sending: set[str] = set()
         self._sending_lock = threading.Lock()
         self._sweeps = 0
+        self._logged_at = -60.0
         leases.delivery_listeners.append(self.poke)
 
     # -- the other threads' side ---------------------------------------------------------------
@@ -126,8 +127,8 @@ class SubscriptionWorker:
                         return
                     changes, self._changes = self._changes, []
                     send, self._send = self._send, False
-                close_old_connections()
                 try:
+                    close_old_connections()
                     if changes:
                         self.after_commit(changes)
                     if send:
@@ -137,9 +138,19 @@ class SubscriptionWorker:
                         next_sweep = time.monotonic() + interval
                         self.sweep()
                 except Exception:  # a database outage, say: the next round tries again
-                    logger.exception("subscriptions: a round of work failed")
+                    self._failed("a round of work")
         finally:
             connections.close_all()  # this thread's connections
+
+    def _failed(self, what: str) -> None:
+        """Log a failure with its traceback, at most once a minute (an outage fails every
+        round, several times a second)."""
+        now = time.monotonic()
+        if now - self._logged_at >= 60:
+            self._logged_at = now
+            logger.exception("subscriptions: %s failed (logged once a minute)", what)
+        else:
+            logger.debug("subscriptions: %s failed", what, exc_info=True)
 
     def _any(self) -> bool:
         """Whether any subscription exists: one cheap query per round, so that a project
@@ -248,8 +259,8 @@ class SubscriptionWorker:
             self._sending.discard(subscription_id)
 
     def _deliver(self, subscription_id: str) -> None:
-        close_old_connections()
         try:
+            close_old_connections()
             delivery = deliveries.take(subscription_id)
             if delivery is None:
                 return
