@@ -164,6 +164,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                     id="durable_sessions.E020",
                 )
             )
+    base_url = user.get("SUBSCRIPTION_BASE_URL")
+    if base_url is not None and (
+        not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))
+    ):
+        errors.append(
+            Error(
+                f"DURABLE_SESSIONS['SUBSCRIPTION_BASE_URL'] is {base_url!r}.",
+                hint='An absolute URL of the stream root, e.g. "https://api.example.com/v1/stream/",'
+                " or None.",
+                id="durable_sessions.E021",
+            )
+        )
     return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))
 
 

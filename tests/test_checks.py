@@ -53,6 +53,11 @@ def test_bad_values_are_reported():
             assert "durable_sessions.E008" in ids(), origins
     with override_settings(DURABLE_SESSIONS={"CROSS_ORIGIN_RESOURCE_POLICY": "anyone"}):
         assert "durable_sessions.E010" in ids()
+    for value in ("api.example.com/v1/stream/", 5, ["https://x"]):
+        with override_settings(DURABLE_SESSIONS={"SUBSCRIPTION_BASE_URL": value}):
+            assert "durable_sessions.E021" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"SUBSCRIPTION_BASE_URL": "https://x.test/v1/stream/"}):
+        assert "durable_sessions.E021" not in ids()
     for value in ("OFF", "normal?", 2, None):
         with override_settings(DURABLE_SESSIONS={"SQLITE_SYNCHRONOUS": value}):
             assert "durable_sessions.E011" in ids(), value

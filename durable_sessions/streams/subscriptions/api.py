@@ -6,7 +6,7 @@ policy (the caller is the project's own code). Each function exists twice, ``cla
 
     from durable_sessions.streams import subscriptions
 
-    subscriptions.ensure("agents/chat-1", type="pull-wake", streams=["sessions/1"],
+    subscriptions.ensure("chat-1", type="pull-wake", streams=["sessions/1"],
                          wake_stream="agents/wake")
     async for wake in subscriptions.wakes("agents/wake"):
         claim = await subscriptions.aclaim(wake.subscription_id, "worker-1")
