@@ -159,20 +159,39 @@ class SubscriptionWorker:
         return Subscription.objects.using(cursors.alias()).filter(deleted=False).exists()
 
     def after_commit(self, changes: list[Change]) -> None:
-        """Link new streams, then wake the subscriptions of the touched streams."""
-        if not self._any():
-            return
+        """Link new streams, then wake the idle subscriptions of the touched streams.
+
+        One query finds them, and only those that may need a wake (idle, or whose lease or
+        wake has run out): while a subscription has a wake in flight, the commits of its
+        streams cost one indexed lookup that returns nothing, not a transaction each.
+        """
         created = [
             (change.path, change.stream_id, change.start or START)
             for change in changes
             if change.kind == "create" and change.stream_id is not None
         ]
         touched = service.links_for_new_streams(created) if created else set()
-        paths = {change.path for change in changes if change.kind != "delete"}
-        linked = SubscriptionLink.objects.using(cursors.alias()).filter(path__in=paths)
-        touched.update(linked.values_list("subscription_id", flat=True).distinct())
+        paths = sorted({change.path for change in changes if change.kind != "delete"})
+        touched.update(self.idle_linked(paths))
         if touched:
             leases.wake_if_pending(sorted(touched))
+
+    def idle_linked(self, paths: list[str]) -> list[str]:
+        """The subscriptions linked to ``paths`` that have no live wake or lease."""
+        if not paths:
+            return []
+        now = time.time()
+        marks = ", ".join(["%s"] * len(paths))
+        sql = (
+            f"SELECT DISTINCT l.subscription_id FROM {LINK} l"
+            f" JOIN {SUBSCRIPTION} sub ON sub.id = l.subscription_id"
+            f" WHERE l.path IN ({marks}) AND sub.deleted = %s AND (sub.wake_id IS NULL"
+            " OR (sub.lease_expires_at IS NOT NULL AND sub.lease_expires_at <= %s)"
+            " OR (sub.wake_expires_at IS NOT NULL AND sub.wake_expires_at <= %s))"
+        )
+        with connections[cursors.alias()].cursor() as cur:
+            cur.execute(sql, [*paths, False, now, now])
+            return [row[0] for row in cur.fetchall()]
 
     def sweep(self) -> None:
         """Lapsed leases and wakes, pending work without a wake, unlinked matches, webhooks."""
