@@ -23,6 +23,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from durable_sessions.streams.offsets import Position
+from durable_sessions.streams.store import get_store
 from durable_sessions.streams.subscriptions import config, leases, service
 from durable_sessions.streams.subscriptions.cursors import LinkState
 from durable_sessions.streams.subscriptions.leases import Claim
@@ -100,6 +101,7 @@ def ensure(
     if description is not None:
         body["description"] = description
     wanted = config.parse(body)
+    get_store()  # (this process's subscriptions thread runs beside the log's store)
     _subscription, created = service.create_or_confirm(subscription_id, wanted, base_url=base_url)
     return _info(subscription_id, created)
 
@@ -126,6 +128,7 @@ def remove_stream(subscription_id: str, path: str) -> None:
 
 def claim(subscription_id: str, worker: str) -> Claim:
     """Take the subscription's lease for ``worker``: ``AlreadyClaimed``, ``NoPendingWork``."""
+    get_store()
     return leases.claim(subscription_id, worker)
 
 

@@ -29,6 +29,7 @@ from durable_sessions.conf import ds_settings
 from durable_sessions.streams.errors import BadRequest, StreamError
 from durable_sessions.streams.httpio import Request, respond
 from durable_sessions.streams.permissions import APPEND, CLAIM, READ, SUBSCRIBE
+from durable_sessions.streams.store import get_store
 from durable_sessions.streams.subscriptions import config, leases, service, signing
 from durable_sessions.streams.subscriptions.errors import (
     InvalidRequest,
@@ -122,6 +123,7 @@ async def _answer(request: Request, extra: list[tuple[str, str]], status: int, b
 
 async def handle(request: Request, extra: list[tuple[str, str]]) -> None:
     """Serve one ``__ds`` request (errors are raised as ``StreamError``s)."""
+    get_store()  # (the log and, beside it, this process's subscriptions thread, which sweeps)
     try:
         parts = _split(request)
     except UnicodeDecodeError:

@@ -20,12 +20,13 @@ Nothing here holds state that matters across a restart: it is all in the databas
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.db import STREAM
@@ -64,6 +65,7 @@ class SubscriptionWorker:
         self._sweeps = 0
         self._logged_at = -60.0
         leases.delivery_listeners.append(self.poke)
+        self.ensure_started()  # every process sweeps, also one that never commits
 
     # -- the other threads' side ---------------------------------------------------------------
 
@@ -143,14 +145,19 @@ class SubscriptionWorker:
             connections.close_all()  # this thread's connections
 
     def _failed(self, what: str) -> None:
-        """Log a failure with its traceback, at most once a minute (an outage fails every
-        round, several times a second)."""
+        """Log a failure, at most once a minute (an outage fails every round, several times a
+        second): the database being unreachable in one line, anything else with its
+        traceback."""
         now = time.monotonic()
-        if now - self._logged_at >= 60:
-            self._logged_at = now
-            logger.exception("subscriptions: %s failed (logged once a minute)", what)
-        else:
+        if now - self._logged_at < 60:
             logger.debug("subscriptions: %s failed", what, exc_info=True)
+            return
+        self._logged_at = now
+        error = sys.exc_info()[1]
+        if isinstance(error, OperationalError | InterfaceError):
+            logger.warning("subscriptions: %s failed, the database is unavailable: %s", what, error)
+        else:
+            logger.exception("subscriptions: %s failed (logged once a minute)", what)
 
     def _any(self) -> bool:
         """Whether any subscription exists: one cheap query per round, so that a project

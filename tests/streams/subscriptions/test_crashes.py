@@ -281,11 +281,6 @@ def test_a_wake_whose_event_was_lost_in_a_crash_lapses_and_is_made_again(nodes):
     assert survivor.ack("s", claim, {jobs: tail}, done=True).json()["ok"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT (reported): a process's subscriptions thread, and so its sweep, starts only "
-    "with its first commit; a process that has served reads only never sweeps",
-)
 def test_a_process_that_has_written_nothing_still_sweeps(nodes):
     victim, reader = nodes("victim"), nodes("reader")
     jobs, wake = paths()
