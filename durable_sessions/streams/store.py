@@ -25,9 +25,9 @@ from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.db import ConnectionLost, Database, ThreadConnections
 from durable_sessions.streams.errors import PayloadTooLarge, Unavailable
 from durable_sessions.streams.hub import LocalPublisher
-from durable_sessions.streams.lifecycle import RenewOp
+from durable_sessions.streams.lifecycle import CreateOp, RenewOp
 from durable_sessions.streams.offsets import Position
-from durable_sessions.streams.protocol import parse_stream_path
+from durable_sessions.streams.protocol import check_options, parse_stream_path
 from durable_sessions.streams.records import Change, ReadResult, StreamInfo
 from durable_sessions.streams.writer import Writer
 
@@ -212,10 +212,15 @@ def check_path(path: str) -> str:
 
 
 def check_op(op: Any) -> None:
-    """Validate what every front end must: the paths and the size of the data."""
+    """Validate what every front end must: the paths, the options (as their headers would be),
+    and the size of the data."""
     check_path(op.path)
     if getattr(op, "fork_from", None) is not None:
         check_path(op.fork_from)
+    if isinstance(op, AppendOp):
+        check_options(content_type=op.content_type, stream_seq=op.stream_seq, producer=op.producer)
+    elif isinstance(op, CreateOp):
+        check_options(content_type=op.content_type, ttl=op.ttl_seconds, expires_at=op.expires_at)
     size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
     if size > ds_settings.MAX_APPEND_BYTES:
         raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")
