@@ -25,10 +25,9 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from durable_sessions import streams
-from durable_sessions.streams.errors import StreamError
+from durable_sessions.streams import Position, ReadResult, StreamError
 from durable_sessions.streams.models import Stream, as_datetime
-from durable_sessions.streams.offsets import Position
-from durable_sessions.streams.records import ReadResult
+from durable_sessions.streams.subscriptions import admin as subscriptions_admin  # noqa: F401
 
 PREVIEW_BYTES = 64 * 1024
 PREVIEW_ENTRIES = 1000  # the newest entries the preview looks at to find where to start

@@ -1,4 +1,5 @@
-"""The app's configuration: ready() only registers the system checks."""
+"""The app's configuration: ready() only registers the system checks and the subscriptions'
+worker (which starts with the log's store, on first use)."""
 
 from __future__ import annotations
 
@@ -13,5 +14,9 @@ class DurableSessionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register the system checks (nothing else: no database, no import of the streams)."""
+        """Register the system checks, and the subscriptions' worker beside the log's store
+        (registered only: nothing runs, nothing touches the database, until the log is used)."""
         from durable_sessions import checks  # noqa: F401  (registers the checks)
+        from durable_sessions.streams.subscriptions import worker
+
+        worker.install()

@@ -26,8 +26,13 @@ POSITIVE_NUMBERS = {
     "READER_THREADS",
     "LIVE_RECHECK_INTERVAL",
     "EXPIRY_SWEEP_INTERVAL",
+    "SUBSCRIPTION_SWEEP_INTERVAL",
+    "WEBHOOK_THREADS",
     "AUTH_RECHECK_INTERVAL",
+    "WEBHOOK_TIMEOUT",
+    "WEBHOOK_REPLAY_WINDOW",
 }
+BOOLEANS = {"WEBHOOK_ALLOW_LOOPBACK"}
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
 # Python's JSON parser and encoder recurse once per level, within the interpreter's recursion
 # limit (1000 by default) minus the frames already on the stack: stay well below it.
@@ -148,6 +153,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 f"DURABLE_SESSIONS['SQLITE_SYNCHRONOUS'] is {synchronous!r}.",
                 hint=f"Use one of {', '.join(SQLITE_SYNCHRONOUS_VALUES)} (FULL is durable).",
                 id="durable_sessions.E011",
+            )
+        )
+    for key in sorted(BOOLEANS & set(user)):
+        if not isinstance(user[key], bool):
+            errors.append(
+                Error(
+                    f"DURABLE_SESSIONS[{key!r}] must be True or False, not {user[key]!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="durable_sessions.E020",
+                )
+            )
+    base_url = user.get("SUBSCRIPTION_BASE_URL")
+    if base_url is not None and (
+        not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))
+    ):
+        errors.append(
+            Error(
+                f"DURABLE_SESSIONS['SUBSCRIPTION_BASE_URL'] is {base_url!r}.",
+                hint='An absolute URL of the stream root, e.g. "https://api.example.com/v1/stream/",'
+                " or None.",
+                id="durable_sessions.E021",
             )
         )
     return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))

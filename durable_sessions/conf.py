@@ -49,10 +49,25 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_RECHECK_INTERVAL": 5.0,
     # Seconds between sweeps that delete expired streams.
     "EXPIRY_SWEEP_INTERVAL": 30.0,
+    # Seconds between the subscriptions' sweeps: lapsed leases and wakes, missed wakes, retries.
+    "SUBSCRIPTION_SWEEP_INTERVAL": 1.0,
+    # The stream root's absolute URL for the callback and JWKS URLs that subscriptions hand out
+    # (e.g. "https://api.example.com/v1/stream/"); by default taken from the creating request.
+    "SUBSCRIPTION_BASE_URL": None,
+    # Threads per process that send webhook deliveries.
+    "WEBHOOK_THREADS": 4,
     # SQLite's synchronous pragma on the log's connections: "FULL" (an acknowledged append
     # survives power loss), "EXTRA", or "NORMAL" (faster; the last commits may be lost on power
     # loss or an OS crash, never on a process crash).
     "SQLITE_SYNCHRONOUS": "FULL",
+    # Whether webhook URLs may point at this machine (http:// or https:// to 127.0.0.0/8, ::1,
+    # localhost). For development and tests only: it lets any subscriber reach local services.
+    "WEBHOOK_ALLOW_LOOPBACK": False,
+    # Seconds a webhook delivery may take (name resolution, connection, request, response).
+    "WEBHOOK_TIMEOUT": 10.0,
+    # Seconds around its timestamp during which receivers accept a webhook signature; a retired
+    # signing key stays published in the JWKS this long (and a minute more) after retirement.
+    "WEBHOOK_REPLAY_WINDOW": 300.0,
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY"}

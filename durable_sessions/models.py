@@ -1,5 +1,6 @@
 """Django discovers the app's models here; each layer keeps its own in its subpackage."""
 
 from durable_sessions.streams.models import Entry, Producer, Stream
+from durable_sessions.streams.subscriptions.models import SigningKey, Subscription, SubscriptionLink
 
-__all__ = ["Entry", "Producer", "Stream"]
+__all__ = ["Entry", "Producer", "SigningKey", "Stream", "Subscription", "SubscriptionLink"]

@@ -111,8 +111,15 @@ if os.environ.get("DS_LIVE_RECHECK_INTERVAL"):
     DURABLE_SESSIONS["LIVE_RECHECK_INTERVAL"] = float(os.environ["DS_LIVE_RECHECK_INTERVAL"])
 if os.environ.get("DS_WRITER_THREADS"):
     DURABLE_SESSIONS["WRITER_THREADS"] = int(os.environ["DS_WRITER_THREADS"])
+if os.environ.get("DS_SUBSCRIPTION_SWEEP_INTERVAL"):
+    DURABLE_SESSIONS["SUBSCRIPTION_SWEEP_INTERVAL"] = float(
+        os.environ["DS_SUBSCRIPTION_SWEEP_INTERVAL"]
+    )
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
+if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
+    # Webhooks to this machine (the conformance suite's receiver): development and tests only.
+    DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

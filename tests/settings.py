@@ -82,4 +82,8 @@ if os.environ.get("REDIS_URL"):
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-DURABLE_SESSIONS = {"LONG_POLL_TIMEOUT": 1.0, "EXPIRY_SWEEP_INTERVAL": 0.5}
+DURABLE_SESSIONS = {
+    "LONG_POLL_TIMEOUT": 1.0,
+    "EXPIRY_SWEEP_INTERVAL": 0.5,
+    "SUBSCRIPTION_SWEEP_INTERVAL": 0.2,
+}

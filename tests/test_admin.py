@@ -204,3 +204,26 @@ def test_selecting_a_stream_already_soft_deleted_warns_and_changes_nothing(admin
     with pytest.raises(StreamGone):
         streams.info("admin/kept")
     assert streams.read("admin/reader").body == b"k"
+
+
+def test_subscriptions_are_browsed_read_only_and_deleted_through_the_api(admin_client):
+    from durable_sessions.streams import subscriptions
+    from durable_sessions.streams.subscriptions.models import Subscription
+
+    streams.create("admin/wake", content_type="application/json")
+    streams.create("admin/job", content_type="text/plain", data="x")
+    subscriptions.ensure(
+        "admin-sub", type="pull-wake", streams=["admin/job"], wake_stream="admin/wake"
+    )
+    listing = admin_client.get("/admin/durable_sessions/subscription/")
+    assert listing.status_code == 200 and b"admin-sub" in listing.content
+    detail = admin_client.get("/admin/durable_sessions/subscription/admin-sub/change/")
+    assert detail.status_code == 200 and b"admin/job" in detail.content
+    assert admin_client.get("/admin/durable_sessions/subscription/add/").status_code == 403
+    deleted = admin_client.post(
+        "/admin/durable_sessions/subscription/admin-sub/delete/", {"post": "yes"}
+    )
+    assert deleted.status_code == 302
+    assert Subscription.objects.get(id="admin-sub").deleted  # a tombstone, not a row gone
+    with pytest.raises(subscriptions.SubscriptionNotFound):
+        subscriptions.get("admin-sub")

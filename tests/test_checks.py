@@ -53,6 +53,11 @@ def test_bad_values_are_reported():
             assert "durable_sessions.E008" in ids(), origins
     with override_settings(DURABLE_SESSIONS={"CROSS_ORIGIN_RESOURCE_POLICY": "anyone"}):
         assert "durable_sessions.E010" in ids()
+    for value in ("api.example.com/v1/stream/", 5, ["https://x"]):
+        with override_settings(DURABLE_SESSIONS={"SUBSCRIPTION_BASE_URL": value}):
+            assert "durable_sessions.E021" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"SUBSCRIPTION_BASE_URL": "https://x.test/v1/stream/"}):
+        assert "durable_sessions.E021" not in ids()
     for value in ("OFF", "normal?", 2, None):
         with override_settings(DURABLE_SESSIONS={"SQLITE_SYNCHRONOUS": value}):
             assert "durable_sessions.E011" in ids(), value
@@ -95,3 +100,16 @@ def test_asgi_application_and_channel_layer():
         assert "durable_sessions.E007" in ids()
     with override_settings(CHANNEL_LAYERS={}):
         assert "durable_sessions.W001" in ids()
+
+
+def test_webhook_settings():
+    for value in ("1", "False", 1, 0, None):  # a string from the environment would be truthy
+        with override_settings(DURABLE_SESSIONS={"WEBHOOK_ALLOW_LOOPBACK": value}):
+            assert "durable_sessions.E020" in ids(), value
+    for value in (True, False):
+        with override_settings(DURABLE_SESSIONS={"WEBHOOK_ALLOW_LOOPBACK": value}):
+            assert ids() == set(), value
+    for key in ("WEBHOOK_TIMEOUT", "WEBHOOK_REPLAY_WINDOW"):
+        for value in (0, -5, "10", float("inf")):
+            with override_settings(DURABLE_SESSIONS={key: value}):
+                assert "durable_sessions.E003" in ids(), (key, value)

@@ -14,16 +14,22 @@ class StreamError(Exception):
     default_code = "stream_error"
 
     def __init__(
-        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.headers = dict(headers or {})
+        self.details = dict(details or {})
 
     def as_json(self) -> dict[str, object]:
-        """The JSON error body: ``{"error": {"code": ..., "message": ...}}``."""
-        return {"error": {"code": self.code, "message": self.message}}
+        """The JSON error body: ``{"error": {"code": ..., "message": ..., **details}}``."""
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
 
 
 class BadRequest(StreamError):

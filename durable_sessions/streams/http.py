@@ -45,6 +45,7 @@ from durable_sessions.streams.permissions import (
 from durable_sessions.streams.records import ReadResult, StreamInfo
 from durable_sessions.streams.sse import event_stream
 from durable_sessions.streams.store import get_store
+from durable_sessions.streams.subscriptions import routes
 
 logger = logging.getLogger("durable_sessions.streams.http")
 
@@ -65,6 +66,9 @@ class StreamsApp:
                 raise BadRequest("the Host header names no allowed host", code="disallowed_host")
             if request.method == "OPTIONS":
                 await respond(send, 204, preflight_headers(request) + extra)
+                return
+            if request.path == "__ds" or request.path.startswith("__ds/"):
+                await routes.handle(request, extra)  # reserved: before any stream path
                 return
             request.path = protocol.parse_stream_path(request.path, ds_settings.MAX_PATH_LENGTH)
             handler = HANDLERS.get(request.method)

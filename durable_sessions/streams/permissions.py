@@ -7,7 +7,9 @@ opens, at its first append frame, and again every ``AUTH_RECHECK_INTERVAL``, see
 in the database). A refused anonymous client gets 401, a refused authenticated one 403.
 
 Actions: ``read`` (GET, HEAD, live reads, the source of a fork), ``create`` (PUT), ``append``
-(POST: appends and closes), ``delete`` (DELETE).
+(POST: appends and closes), ``delete`` (DELETE), and for subscriptions (``subscriptions/``)
+``subscribe`` (create, read, delete one, change its streams) and ``claim`` (take a pull-wake
+lease), both on the path ``__ds/subscriptions/<id>``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ READ = "read"
 CREATE = "create"
 APPEND = "append"
 DELETE = "delete"
-ACTIONS = (READ, CREATE, APPEND, DELETE)
+SUBSCRIBE = "subscribe"  # manage a subscription (path: __ds/subscriptions/<id>)
+CLAIM = "claim"  # claim a pull-wake subscription's lease (path: __ds/subscriptions/<id>)
+ACTIONS = (READ, CREATE, APPEND, DELETE, SUBSCRIBE, CLAIM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,56 @@ def parse_producer(
     return producer_id, _integer("Producer-Epoch", epoch), _integer("Producer-Seq", seq)
 
 
+def check_options(
+    *,
+    content_type: object = None,
+    ttl: object = None,
+    expires_at: object = None,
+    stream_seq: object = None,
+    producer: object = None,
+) -> None:
+    """The options of a create or an append given as Python values (the Python API), checked
+    by the rules their headers follow over HTTP: ``BadRequest`` for what a header could not
+    say (a TTL of centuries, an expiry that is no date, a Stream-Seq holding NUL...)."""
+    if content_type is not None and (
+        not isinstance(content_type, str) or parse_content_type(content_type) != content_type
+    ):
+        raise BadRequest("invalid content type", code="invalid_content_type")
+    if ttl is not None and (
+        isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl < 10**MAX_TTL_DIGITS
+    ):
+        raise BadRequest(
+            f"ttl is an integer of at most {MAX_TTL_DIGITS} digits", code="invalid_ttl"
+        )
+    if expires_at is not None and (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not _EARLIEST <= expires_at <= _LATEST
+    ):
+        raise BadRequest("expires_at is epoch seconds within the years 1 to 9999",
+                         code="invalid_expires_at")  # fmt: skip
+    if ttl is not None and expires_at is not None:
+        raise BadRequest("ttl and expires_at exclude each other", code="invalid_ttl")
+    if stream_seq is not None:
+        if not isinstance(stream_seq, str):
+            raise BadRequest("seq is a string", code="invalid_stream_seq")
+        parse_stream_seq(stream_seq)
+    if producer is not None:
+        if (
+            not isinstance(producer, tuple)
+            or len(producer) != 3
+            or not isinstance(producer[0], str)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in producer[1:])
+        ):
+            raise BadRequest("producer is (id, epoch, seq)", code="invalid_producer")
+        if (
+            producer[1] < 0
+            or producer[2] < 0
+            or parse_producer(producer[0], str(producer[1]), str(producer[2])) != producer
+        ):
+            raise BadRequest("invalid producer", code="invalid_producer")
+
+
 def parse_stream_seq(value: str | None) -> str | None:
     """``Stream-Seq``: an opaque, non-empty string compared byte-wise."""
     if value is None:

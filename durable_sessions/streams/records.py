@@ -164,6 +164,20 @@ class ReadResult:
         return json.loads(self.body) if self.count else []
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a commit did to a stream, for what follows commits (subscriptions).
+
+    ``kind`` is ``append`` (data or a close), ``create`` or ``delete``; ``start`` is, for a
+    create, where the stream's new data begins (the start of a new stream, a fork's tail).
+    """
+
+    path: str
+    stream_id: int | None
+    kind: str
+    start: Position | None = None
+
+
 @dataclass(slots=True)
 class Notice:
     """What a committed transaction changed on one stream, for live readers.

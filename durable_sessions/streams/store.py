@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from django.db import connections
 
@@ -25,13 +25,34 @@ from durable_sessions.streams.commit import AppendOp
 from durable_sessions.streams.db import ConnectionLost, Database, ThreadConnections
 from durable_sessions.streams.errors import PayloadTooLarge, Unavailable
 from durable_sessions.streams.hub import LocalPublisher
-from durable_sessions.streams.lifecycle import RenewOp
+from durable_sessions.streams.lifecycle import CreateOp, RenewOp
 from durable_sessions.streams.offsets import Position
-from durable_sessions.streams.protocol import parse_stream_path
-from durable_sessions.streams.records import ReadResult, StreamInfo
+from durable_sessions.streams.protocol import check_options, parse_stream_path
+from durable_sessions.streams.records import Change, ReadResult, StreamInfo
 from durable_sessions.streams.writer import Writer
 
 T = TypeVar("T")
+
+
+class Extension(Protocol):
+    """Something that runs beside a process's store and hears of its commits (subscriptions:
+    ``subscriptions/worker.py``); made by a factory given to ``register_extension``."""
+
+    def committed(self, changes: list[Change]) -> None:
+        """From a writer thread, after a commit: must return at once (hand the work over)."""
+
+    def stop(self) -> None:
+        """The store is closing: stop, before its writers do."""
+
+
+_extensions: list[Callable[[Store], Extension]] = []
+
+
+def register_extension(factory: Callable[[Store], Extension]) -> None:
+    """Have every ``Store`` made from now on run ``factory(store)`` beside it (once per
+    factory; the app does it for subscriptions when Django starts)."""
+    if factory not in _extensions:
+        _extensions.append(factory)
 
 
 class Store:
@@ -39,6 +60,7 @@ class Store:
 
     def __init__(self, alias: str | None = None) -> None:
         self.database = Database(alias)
+        self.extensions: list[Extension] = []
         # SQLite takes one writer at a time anyway; on Postgres, writers for disjoint sets of
         # streams overlap one batch's commit with the next batch's work.
         count = ds_settings.WRITER_THREADS if self.database.is_postgres else 1
@@ -50,6 +72,7 @@ class Store:
                 max_batch=ds_settings.WRITER_MAX_BATCH,
                 sweep_interval=ds_settings.EXPIRY_SWEEP_INTERVAL if i == 0 else None,
                 name=f"durable-sessions-writer-{i}",
+                on_commit=self._committed,
             )
             for i in range(max(1, count))
         ]
@@ -59,14 +82,21 @@ class Store:
         )
         self._renewing: set[int] = set()  # streams with a TTL renewal queued on their writer
         self._renewing_lock = threading.Lock()
+        self.extensions = [factory(self) for factory in _extensions]
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writers (after what they have queued, for up to ``timeout`` seconds each:
         see ``Writer.stop``) and the readers, and close their connections."""
+        for extension in self.extensions:
+            extension.stop()
         for writer in self.writers:
             writer.stop(timeout)
         self._executor.shutdown(wait=True)
         self._readers.close_all()
+
+    def _committed(self, changes: list[Change]) -> None:
+        for extension in self.extensions:
+            extension.committed(changes)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -182,10 +212,15 @@ def check_path(path: str) -> str:
 
 
 def check_op(op: Any) -> None:
-    """Validate what every front end must: the paths and the size of the data."""
+    """Validate what every front end must: the paths, the options (as their headers would be),
+    and the size of the data."""
     check_path(op.path)
     if getattr(op, "fork_from", None) is not None:
         check_path(op.fork_from)
+    if isinstance(op, AppendOp):
+        check_options(content_type=op.content_type, stream_seq=op.stream_seq, producer=op.producer)
+    elif isinstance(op, CreateOp):
+        check_options(content_type=op.content_type, ttl=op.ttl_seconds, expires_at=op.expires_at)
     size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
     if size > ds_settings.MAX_APPEND_BYTES:
         raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")

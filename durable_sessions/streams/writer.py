@@ -32,7 +32,8 @@ from typing import Any, Protocol, overload
 from durable_sessions.streams import commit, lifecycle
 from durable_sessions.streams.db import Database, ThreadConnections, connection_lost, retryable
 from durable_sessions.streams.errors import CommitUnknown, StreamError, Unavailable
-from durable_sessions.streams.records import Notice
+from durable_sessions.streams.offsets import START
+from durable_sessions.streams.records import Appended, Change, Created, Notice
 
 logger = logging.getLogger("durable_sessions.streams.writer")
 
@@ -63,9 +64,11 @@ class Writer:
         max_batch: int = 1000,
         sweep_interval: float | None = 30.0,
         name: str = "durable-sessions-writer",
+        on_commit: Callable[[list[Change]], None] | None = None,
     ) -> None:
         self.database = database
         self._publisher = publisher
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._sweep_interval = sweep_interval
         self.name = name
@@ -247,6 +250,14 @@ class Writer:
             return
         outcomes = [(waiter, result) for (_op, waiter), result in zip(run, results, strict=True)]
         self._deliver(outcomes, notices)
+        if self._on_commit is not None:
+            self._committed(
+                [
+                    Change(op.path, result.stream_id, "append")
+                    for op, result in zip(ops, results, strict=True)
+                    if isinstance(result, Appended) and not result.duplicate
+                ]
+            )
 
     def _single(self, op: Any, waiter: Waiter) -> None:
         fn: Callable[[Database, Any, Any, float], tuple[Any, list[Notice]]]
@@ -263,6 +274,21 @@ class Writer:
             self._deliver([(waiter, _as_stream_error(exc))], [])
             return
         self._deliver([(waiter, result)], notices)
+        if self._on_commit is None:
+            return
+        if isinstance(result, Created) and result.created:
+            start = result.info.tail if getattr(op, "fork_from", None) else START
+            self._committed([Change(op.path, result.info.id, "create", start)])
+        elif isinstance(op, lifecycle.DeleteOp):
+            self._committed([Change(op.path, None, "delete")])
+
+    def _committed(self, changes: list[Change]) -> None:
+        if not changes or self._on_commit is None:
+            return
+        try:
+            self._on_commit(changes)
+        except Exception:  # what follows a commit must never break the writer
+            logger.exception("a commit listener failed")
 
     def _transaction(
         self, fn: Callable[[Any, float], tuple[Any, list[Notice]]]

@@ -4,5 +4,5 @@ import { runConformanceTests } from "@durable-streams/server-conformance-tests";
 runConformanceTests({
   baseUrl: process.env.CONFORMANCE_TEST_URL,
   longPollTimeoutMs: Number(process.env.CONFORMANCE_LONG_POLL_MS || 2000),
-  subscriptions: false,
+  subscriptions: process.env.CONFORMANCE_SUBSCRIPTIONS === "1",
 });

@@ -49,11 +49,14 @@ async def request(
     query: str = "",
     host: str | None = "localhost",
     timeout: float = 30,
+    raw_path: str | None = None,
 ) -> Response:
     """One request to ``/v1/stream/<path>``; the body as one message, or as ``chunks``.
 
-    ``path`` is sent as the decoded ``scope["path"]``, as ASGI servers do. Once the body is
-    consumed, ``receive()`` waits, as a server's does until the client disconnects.
+    ``path`` is sent as the decoded ``scope["path"]``, as ASGI servers do (``raw_path``, the
+    path after ``/v1/stream/`` as the client sent it, escapes included, defaults to ``path``
+    quoted). Once the body is consumed, ``receive()`` waits, as a server's does until the
+    client disconnects.
     """
     parts = [body] if chunks is None else chunks
     messages = [
@@ -84,7 +87,7 @@ async def request(
         "method": method,
         "scheme": "http",
         "path": f"/v1/stream/{path}",
-        "raw_path": f"/v1/stream/{quote(path)}".encode(),
+        "raw_path": f"/v1/stream/{raw_path if raw_path is not None else quote(path)}".encode(),
         "root_path": "",
         "query_string": query.encode(),
         "headers": raw_headers,

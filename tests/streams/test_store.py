@@ -469,3 +469,31 @@ def test_the_package_exports_what_callers_need():
     for name in ("Position", "START", "StreamError", "StreamNotFound", "ReadResult", "Created"):
         assert hasattr(streams, name), name
     assert streams.parse_offset(str(streams.START)) == streams.START
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda: streams.create("t/o1", ttl=10**12), "invalid_ttl"),
+        (lambda: streams.create("t/o2", ttl=-1), "invalid_ttl"),
+        (lambda: streams.create("t/o3", ttl="60"), "invalid_ttl"),
+        (lambda: streams.create("t/o4", expires_at=1e300), "invalid_expires_at"),
+        (lambda: streams.create("t/o5", expires_at=float("nan")), "invalid_expires_at"),
+        (lambda: streams.create("t/o6", ttl=5, expires_at=2e9), "invalid_ttl"),
+        (lambda: streams.create("t/o7", content_type="text/\x00plain"), "invalid_content_type"),
+        (lambda: streams.append("t/opts", "x", seq="a\x00b"), "invalid_stream_seq"),
+        (lambda: streams.append("t/opts", "x", seq=5), "invalid_stream_seq"),
+        (lambda: streams.append("t/opts", "x", producer=("p\x00", 0, 0)), "invalid_producer"),
+        (lambda: streams.append("t/opts", "x", producer=("p", -1, 0)), "invalid_producer"),
+        (lambda: streams.append("t/opts", "x", producer=("p", 0, 2**53)), "invalid_producer"),
+        (lambda: streams.append("t/opts", "x", producer=["p", 0, 0]), "invalid_producer"),
+    ],
+)
+def test_the_python_api_checks_options_as_their_headers_are_checked(call, code):
+    """A NUL in a Stream-Seq reached Postgres (a 503) and was stored by SQLite; a TTL of
+    centuries made the admin fail later: the API refuses what no header could say."""
+    streams.create("t/opts", content_type="text/plain")
+    with pytest.raises(BadRequest) as refused:
+        call()
+    assert refused.value.code == code
+    assert streams.read("t/opts").body == b""
