@@ -68,9 +68,16 @@ DEFAULTS: dict[str, Any] = {
     # Seconds around its timestamp during which receivers accept a webhook signature; a retired
     # signing key stays published in the JWKS this long (and a minute more) after retirement.
     "WEBHOOK_REPLAY_WINDOW": 300.0,
+    # -- sessions
+    # A callable (dotted path) giving a user's public actorId on session streams.
+    "ACTOR_ID": "durable_sessions.sessions.identity.username",
+    # Sessions whose materialized state a process keeps (caught up from where it stood).
+    "SESSION_CACHE_SIZE": 256,
+    # Longest message a user may post, in characters.
+    "MAX_MESSAGE_CHARS": 100_000,
 }
 
-IMPORT_STRINGS = {"PERMISSION_POLICY"}
+IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}
 SQLITE_SYNCHRONOUS_VALUES = ("FULL", "EXTRA", "NORMAL")
 
 

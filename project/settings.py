@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "durable_sessions",
 ]
 
@@ -123,10 +124,20 @@ if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "durable_sessions.sessions.auth.SameOriginSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "durable_sessions",
+    "DESCRIPTION": "Collaborative AI chat sessions on Durable Streams",
+    "VERSION": "1",
+    "ENUM_NAME_OVERRIDES": {
+        "MemberRoleEnum": "durable_sessions.sessions.models.ROLES",
+        "MessageRoleEnum": "durable_sessions.sessions.models.MESSAGE_ROLES",
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

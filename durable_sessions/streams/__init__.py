@@ -2,7 +2,8 @@
 
 This is the edge the layers above import. The Python API (``api.py``): ``create``/``acreate``,
 ``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
-``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, and ``subscribe`` (``live.py``).
+``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``submit_json`` (queue in
+order, without waiting), and ``subscribe`` (``live.py``).
 What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
 (``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
 with its HTTP status) and ``is_json`` are exported beside them.
@@ -25,6 +26,7 @@ from durable_sessions.streams.api import (
     fork,
     info,
     read,
+    submit_json,
 )
 from durable_sessions.streams.commit import ProducerKey
 from durable_sessions.streams.content import is_json
@@ -84,5 +86,6 @@ __all__ = [
     "is_json",
     "parse_offset",
     "read",
+    "submit_json",
     "subscribe",
 ]

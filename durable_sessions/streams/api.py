@@ -17,6 +17,7 @@ The same rules as over HTTP apply (paths, sizes, content types, producers), with
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -233,6 +234,23 @@ async def aappend_json(
     """
     op = _append_op(path, _messages(messages), "application/json", close, seq, producer)
     return await get_store().write(op)
+
+
+def submit_json(
+    path: str,
+    messages: Iterable[Any],
+    *,
+    producer: ProducerKey | None = None,
+) -> concurrent.futures.Future[Appended]:
+    """Queue an append of JSON ``messages`` and return at once, with a future of its result.
+
+    For callers that must fix the order of their appends without waiting for each commit:
+    appends queued to one stream from one process commit in the order they were queued (a
+    stream always has the same writer), and consecutive ones share a commit. The checks of
+    ``append_json`` run before anything is queued, and raise here.
+    """
+    op = _append_op(path, _messages(messages), "application/json", False, None, producer)
+    return get_store().submit_sync(op)
 
 
 def close(path: str, *, producer: ProducerKey | None = None) -> Appended:

@@ -40,7 +40,7 @@ from durable_sessions.streams.permissions import (
     DELETE,
     READ,
     AllowAny,
-    permission_policy,
+    policy_for,
 )
 from durable_sessions.streams.records import ReadResult, StreamInfo
 from durable_sessions.streams.sse import event_stream
@@ -106,7 +106,7 @@ def cache_control(result: ReadResult) -> str:
     """
     if result.up_to_date and not result.closed:
         return "no-cache"
-    public = isinstance(permission_policy(), AllowAny)
+    public = isinstance(policy_for(result.info.path), AllowAny)
     return f"{'public' if public else 'private'}, {CATCH_UP_CACHE}"
 
 

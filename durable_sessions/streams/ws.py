@@ -31,7 +31,7 @@ from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import parse_read_offset
 from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
-from durable_sessions.streams.wsauth import SocketAuth, rechecks_needed
+from durable_sessions.streams.wsauth import SocketAuth
 
 try:  # what daphne (autobahn) raises for a send to a client that has left
     from autobahn.exception import Disconnected
@@ -74,9 +74,8 @@ def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> 
     """
     now = loop.time()
     limit = now - ds_settings.WEBSOCKET_SEND_TIMEOUT
-    recheck = rechecks_needed()
     for socket in list(sockets):
-        if recheck and socket.auth.due(now):
+        if socket.auth.due(now):
             socket.auth.start_recheck()  # in a task: the lookup goes through the async ORM
         since = socket.sending_since
         if since is not None and since < limit and socket.pump is not None:

@@ -22,14 +22,14 @@ from typing import Any
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.errors import StreamError, Unavailable
-from durable_sessions.streams.permissions import APPEND, READ, AllowAny, Caller, permission_policy
+from durable_sessions.streams.permissions import APPEND, READ, AllowAny, Caller, policy_for
 
 logger = logging.getLogger("durable_sessions.streams.ws")
 
 
-def rechecks_needed() -> bool:
-    """Whether the configured policy looks at users at all (``AllowAny`` does not)."""
-    return not isinstance(permission_policy(), AllowAny)
+def rechecks_needed(path: str) -> bool:
+    """Whether the policy of ``path`` looks at users at all (``AllowAny`` does not)."""
+    return not isinstance(policy_for(path), AllowAny)
 
 
 class SocketAuth:
@@ -73,7 +73,7 @@ class SocketAuth:
             self.checked_at is not None
             and self.refused is None
             and now - self.checked_at >= ds_settings.AUTH_RECHECK_INTERVAL
-            and rechecks_needed()
+            and rechecks_needed(self.path)
         )
 
     def start_recheck(self, ref: Any = None) -> asyncio.Task:
