@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from durable_sessions import streams
 from durable_sessions.state.events import InvalidEvent, validate
@@ -160,18 +160,27 @@ class State:
         the subclass's own parts of ``data``."""
 
 
-class Materializer:
+class Materializer(Generic[S]):
     """Folds the JSON stream at ``path`` into a ``State`` (``state_factory()``), incrementally.
+
+    Generic in the state's class: ``Materializer(path, state_factory=SessionState).state`` is a
+    ``SessionState``.
 
     ``offset`` is where the next read starts (``-1`` until the first one); ``reads``,
     ``applied`` and ``skipped`` count the reads made, the events applied and the invalid events
     skipped by this object (the checkpoint carries ``skipped`` over).
     """
 
-    def __init__(self, path: str, *, state_factory: type[State] = State) -> None:
+    @overload
+    def __init__(self: Materializer[State], path: str) -> None: ...
+
+    @overload
+    def __init__(self, path: str, *, state_factory: type[S]) -> None: ...
+
+    def __init__(self, path: str, *, state_factory: type[Any] = State) -> None:
         self.path = path
-        self.state_factory = state_factory
-        self.state: State = state_factory()
+        self.state_factory: type[S] = state_factory
+        self.state: S = state_factory()
         self.offset = "-1"
         self.reads = 0
         self.applied = 0
@@ -223,10 +232,20 @@ class Materializer:
             "state": self.state.snapshot(),
         }
 
+    @overload
+    @classmethod
+    def restore(cls, path: str, checkpoint: dict[str, Any]) -> Materializer[State]: ...
+
+    @overload
     @classmethod
     def restore(
-        cls, path: str, checkpoint: dict[str, Any], *, state_factory: type[State] = State
-    ) -> Materializer:
+        cls, path: str, checkpoint: dict[str, Any], *, state_factory: type[S]
+    ) -> Materializer[S]: ...
+
+    @classmethod
+    def restore(
+        cls, path: str, checkpoint: dict[str, Any], *, state_factory: type[Any] = State
+    ) -> Materializer[Any]:
         """A materializer of ``path`` that continues from ``checkpoint`` (a ``checkpoint()``
         of the same stream): the next ``catch_up`` reads only what follows its offset.
 
@@ -246,8 +265,8 @@ class Materializer:
                 streams.parse_offset(offset)
             except streams.BadRequest:
                 raise ValueError(f"the checkpoint's offset {offset[:40]!r} is malformed") from None
-        materializer = cls(path, state_factory=state_factory)
-        materializer.state = state_factory.from_snapshot(checkpoint.get("state"))  # type: ignore[arg-type]
+        materializer: Materializer[Any] = cls(path, state_factory=state_factory)
+        materializer.state = state_factory.from_snapshot(checkpoint.get("state"))
         materializer.offset = offset
         skipped = checkpoint.get("skipped", 0)
         materializer.skipped = skipped if isinstance(skipped, int) else 0
