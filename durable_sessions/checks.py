@@ -14,6 +14,8 @@ from django.utils.module_loading import import_string
 from durable_sessions.conf import DEFAULTS, SQLITE_SYNCHRONOUS_VALUES
 
 POSITIVE_NUMBERS = {
+    "SESSION_CACHE_SIZE",
+    "MAX_MESSAGE_CHARS",
     "LONG_POLL_TIMEOUT",
     "SSE_RECONNECT_INTERVAL",
     "WEBSOCKET_SEND_TIMEOUT",
@@ -242,6 +244,34 @@ def check_asgi(app_configs: Any = None, **kwargs: Any) -> list:
                 "process until they re-read the database.",
                 hint="Configure channels_redis (REDIS_URL) when you run several processes.",
                 id="durable_sessions.W001",
+            )
+        )
+    return problems
+
+
+SPECTACULAR_SCHEMA = "drf_spectacular.openapi.AutoSchema"
+
+
+@register("durable_sessions", "urls")
+def check_session_api(app_configs: Any = None, **kwargs: Any) -> list:
+    """The session API, when the project routes it, can describe itself (``/v1/schema/``)."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("durable_sessions:schema")
+    except NoReverseMatch:
+        return []  # the project does not serve the session API
+    rest = getattr(settings, "REST_FRAMEWORK", {}) or {}
+    problems = []
+    if "drf_spectacular" not in settings.INSTALLED_APPS or (
+        rest.get("DEFAULT_SCHEMA_CLASS") != SPECTACULAR_SCHEMA
+    ):
+        problems.append(
+            Error(
+                "The session API's OpenAPI schema needs drf-spectacular.",
+                hint=f'Add "drf_spectacular" to INSTALLED_APPS and set REST_FRAMEWORK'
+                f'["DEFAULT_SCHEMA_CLASS"] = "{SPECTACULAR_SCHEMA}".',
+                id="durable_sessions.E022",
             )
         )
     return problems

@@ -113,3 +113,15 @@ def test_webhook_settings():
         for value in (0, -5, "10", float("inf")):
             with override_settings(DURABLE_SESSIONS={key: value}):
                 assert "durable_sessions.E003" in ids(), (key, value)
+
+
+def test_the_session_api_needs_drf_spectacular(settings):
+    rest = {**settings.REST_FRAMEWORK}
+    del rest["DEFAULT_SCHEMA_CLASS"]
+    with override_settings(REST_FRAMEWORK=rest):
+        assert "durable_sessions.E022" in ids()
+    apps = [app for app in settings.INSTALLED_APPS if app != "drf_spectacular"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert "durable_sessions.E022" in ids()
+    with override_settings(ROOT_URLCONF="tests.urls_streams_only"):  # no session API routed
+        assert "durable_sessions.E022" not in ids()
