@@ -18,6 +18,7 @@ and ``key``, a value that is not a JSON object (StreamDB requires objects for it
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -240,3 +241,29 @@ def control(kind: str, *, offset: str | None = None) -> dict[str, Any]:
     if offset is not None:
         headers["offset"] = offset
     return validate({"headers": headers})
+
+
+# A key no row of the session stream has (a chunk key ends in its seq, a presence key starts
+# with an actorId, agent ids hold no colon): deleting it changes nothing, but opens the
+# collection's sync transaction in StreamDB.
+PRIMER_KEY = ":reset"
+
+
+def reset_events(
+    existing: Iterable[tuple[str, str]], *, types: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """A reset that the public StreamDB client (``@durable-streams/state`` 0.3.1) also applies:
+    the events to append, in one entry, before the rows that the reset state starts with.
+
+    StreamDB throws on a bare ``reset`` (it clears each collection outside a sync transaction)
+    and stops reading, unless every collection already had a change in the same read batch; and
+    even then its clearing is not committed, so the old rows stay. So the batch is: a delete of
+    a key that never exists in each collection (``types``, and the types of ``existing``),
+    which opens its transaction; the ``reset`` (which clears every reader that follows the
+    protocol); then an explicit delete of every row in ``existing`` (what clears StreamDB).
+    A reader starting after the reset sees deletes of rows it never had: harmless.
+    """
+    rows = list(existing)
+    kinds = list(dict.fromkeys([*types, *(kind for kind, _ in rows)]))
+    primers = [delete(kind, PRIMER_KEY) for kind in kinds]
+    return [*primers, control("reset"), *(delete(kind, key) for kind, key in rows)]

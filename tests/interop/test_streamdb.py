@@ -21,6 +21,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from durable_sessions import state
 from tests.interop.streamdb import StreamDBError, run_streamdb, start_streamdb
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,21 +208,23 @@ def test_a_reset_control_event_clears(http, public_server, live):
 
 @MODES
 def test_a_reset_written_so_that_streamdb_applies_it_clears(http, public_server, live):
-    """What works with StreamDB today, live and from the start, in one append (our reads never
-    split an append): a delete of an absent key per collection (it opens the sync transaction
-    StreamDB's reset needs), the reset (our materializer's), a delete of every row there was
-    (a live StreamDB drops the reset's truncation), then the rows the server restores."""
+    """``state.reset_events`` works with StreamDB today, live and from the start, in one append
+    (our reads never split an append): a delete of an absent key per collection (it opens the
+    sync transaction StreamDB's reset needs), the reset (our materializer's), a delete of every
+    row there was (a live StreamDB drops the reset's truncation), then the rows the server
+    restores."""
     path = name()
     create(http, path, SESSION)
     url = f"{public_server.url}/v1/stream/{path}"
     txid = str(uuid.uuid4())
-    opening = [change(t, "-", None, "delete") for t in ("chunk", "presence", "agent")]
-    [reset, *restored] = reset_and_restore(txid)
-    removed = [change(e["type"], e["key"], None, "delete") for e in SESSION]
+    [_reset, *restored] = reset_and_restore(txid)
+    reset = state.reset_events(
+        [(e["type"], e["key"]) for e in SESSION], types=("chunk", "presence", "agent")
+    )
     run = start_streamdb(url, live=live, txid=txid, until_absent={"chunk": ["m1:0"]})
     try:
         run.wait_ready()
-        append(http, path, [*opening, reset, *removed, *restored])
+        append(http, path, [*reset, *restored])
         live_report = run.result()
     finally:
         run.stop()

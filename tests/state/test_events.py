@@ -148,3 +148,20 @@ def test_builders_refuse_bad_parts(build, message):
 
 def test_invalid_event_is_a_value_error():
     assert issubclass(InvalidEvent, ValueError)
+
+
+def test_a_reset_streamdb_applies_primes_each_collection_then_deletes_every_row():
+    from durable_sessions import state
+
+    events = state.reset_events([("chunk", "m:0"), ("agent", "a")], types=["presence"])
+    assert events[:3] == [
+        state.delete("presence", state.PRIMER_KEY),
+        state.delete("chunk", state.PRIMER_KEY),
+        state.delete("agent", state.PRIMER_KEY),
+    ]
+    assert events[3] == {"headers": {"control": "reset"}}
+    assert events[4:] == [state.delete("chunk", "m:0"), state.delete("agent", "a")]
+    folded = state.State()
+    folded.apply(state.insert("chunk", "m:0", {"x": 1}))
+    folded.apply_all(events)
+    assert folded.rows("chunk") == {}
