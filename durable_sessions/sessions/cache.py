@@ -50,14 +50,18 @@ def caught_up(path: str) -> Iterator[tuple[state.SessionState, str]]:
     entry = _entry(path)
     with entry.lock:
         try:
-            entry.materializer.catch_up()
+            try:
+                entry.materializer.catch_up()
+            except streams.StreamGone:  # its offset is before retained data (compacted): fold
+                entry.materializer = state.Materializer(path, state_factory=state.SessionState)
+                entry.materializer.catch_up()  # again from the first retained entry
         except streams.StreamNotFound as exc:
             forget(path)
             raise errors.NotFound("the session's stream is gone") from exc
-        except streams.StreamGone as exc:  # a read from before retained data: fold again
+        except streams.StreamGone as exc:  # compacted again meanwhile, or deleted
             forget(path)
             raise errors.Unavailable("the session's history moved; retry") from exc
-        yield entry.materializer.state, str(entry.materializer.offset)  # type: ignore[misc]
+        yield entry.materializer.state, str(entry.materializer.offset)
 
 
 def read(path: str, use: Callable[[Any, str], T]) -> T:

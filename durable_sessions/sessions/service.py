@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -25,53 +24,7 @@ from durable_sessions.conf import ds_settings
 from durable_sessions.sessions import cache, errors, roles, writes
 from durable_sessions.sessions.identity import actor_id
 from durable_sessions.sessions.models import OWNER, ROLES, Membership, Session
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """A user's standing in a session: the session row and their role (None for staff who are
-    not members)."""
-
-    session: Session
-    user: Any
-    role: str | None
-
-    @property
-    def actor_id(self) -> str:
-        """The user's public actorId."""
-        return actor_id(self.user)
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise errors.NotFound("no such session") from None
-
-
-def session_access(*, user: Any, session_id: Any, action: str) -> Access:
-    """The session and the user's role, if ``user`` may do ``action`` in it.
-
-    ``NotFound`` for an unknown session, ``Forbidden`` for a role that does not allow
-    ``action`` (an outsider may not even read), ``Conflict`` for a write to an archived one.
-    """
-    try:
-        session = Session.objects.get(pk=_uuid(session_id))
-    except Session.DoesNotExist:
-        raise errors.NotFound("no such session") from None
-    role = (
-        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
-        if getattr(user, "is_authenticated", False)
-        else None
-    )
-    if not roles.allowed(role, action, staff=bool(getattr(user, "is_staff", False))):
-        raise errors.Forbidden(f"your role in this session does not allow {action}")
-    if action != roles.READ and session.archived:
-        raise errors.Conflict("the session is archived", code="archived")
-    return Access(session, user, role)
-
+from durable_sessions.sessions.standing import Access, session_access, session_uuid
 
 # -- sessions ----------------------------------------------------------------------------------
 
@@ -80,7 +33,7 @@ def session_create(*, owner: Any, session_id: Any = None, title: str = "") -> tu
     """Create a session owned by ``owner`` (or find the one under ``session_id`` that
     ``owner`` may read): ``(session, created)``. Its stream is created first, so a session row
     never exists without its stream."""
-    sid = uuid.uuid4() if session_id is None else _uuid(session_id)
+    sid = uuid.uuid4() if session_id is None else session_uuid(session_id)
     if Session.objects.filter(pk=sid).exists():
         return session_access(user=owner, session_id=sid, action=roles.READ).session, False
     path = f"sessions/{sid}"
@@ -122,7 +75,7 @@ def session_update(*, user: Any, session_id: Any, title: str) -> Session:
 
 def session_archive(*, user: Any, session_id: Any, archived: bool = True) -> Session:
     """Archive (hidden from lists, every write refused) or unarchive a session (owners)."""
-    sid = _uuid(session_id)
+    sid = session_uuid(session_id)
     try:
         session = session_access(user=user, session_id=sid, action=roles.MANAGE).session
     except errors.Conflict:  # archived already: only unarchiving is a write it takes
@@ -339,3 +292,16 @@ def events_read(
         "offset": str(result.next),
         "upToDate": result.up_to_date,
     }
+
+
+from durable_sessions.sessions.compaction import (  # noqa: E402, F401
+    compacted_events,
+    session_compact,
+    sessions_to_compact,
+)
+from durable_sessions.sessions.lifecycle import (  # noqa: E402, F401
+    agent_events,
+    presence_events,
+    session_fork,
+    session_reset,
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from durable_sessions.sessions import api
+from durable_sessions.sessions import api, lifecycle_api
 
 app_name = "durable_sessions"
 
@@ -45,4 +45,14 @@ urlpatterns = [
         name="session-member",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        f"{_session}/fork",
+        lifecycle_api.LifecycleViewSet.as_view({"post": "fork"}),
+        name="session-fork",
+    ),
+    path(
+        f"{_session}/reset",
+        lifecycle_api.LifecycleViewSet.as_view({"post": "reset"}),
+        name="session-reset",
+    ),
 ]

@@ -69,9 +69,11 @@ def _result(future: Any) -> streams.Appended:
         raise errors.NotFound("the session's stream is gone") from exc
 
 
-def _submit(path: str, events: Sequence[dict], producer: Any = None) -> Any:
+def _submit(
+    path: str, events: Sequence[dict], producer: Any = None, expect_tail: str | None = None
+) -> Any:
     try:
-        return streams.submit_json(path, events, producer=producer)
+        return streams.submit_json(path, events, producer=producer, expect_tail=expect_tail)
     except streams.Unavailable as exc:
         raise errors.Unavailable(str(exc)) from exc
     except streams.StreamNotFound as exc:
@@ -113,8 +115,17 @@ def append_chunk(
     return result
 
 
-def append_events(session: Session, events: Sequence[dict]) -> streams.Appended:
-    """Append state events (presence, agent, control rows...) in one entry, in session order."""
+def append_events(
+    session: Session, events: Sequence[dict], *, expect_tail: str | None = None
+) -> streams.Appended:
+    """Append state events (presence, agent, control rows...) in one entry, in session order.
+
+    With ``expect_tail`` the entry lands exactly at that offset or not at all
+    (``errors.Conflict`` with code ``tail_moved``: something was appended meanwhile).
+    """
     with _order_lock(session.pk):
-        future = _submit(session.stream_path, events)
-    return _result(future)
+        future = _submit(session.stream_path, events, expect_tail=expect_tail)
+    try:
+        return _result(future)
+    except streams.Conflict as exc:
+        raise errors.Conflict(str(exc), code=exc.code or "conflict") from exc

@@ -2,8 +2,9 @@
 
 This is the edge the layers above import. The Python API (``api.py``): ``create``/``acreate``,
 ``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
-``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``submit_json`` (queue in
-order, without waiting), and ``subscribe`` (``live.py``).
+``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``truncate``/``atruncate`` and
+``retention``/``aretention`` (dropping old entries), ``submit_json`` (queue in order, without
+waiting), and ``subscribe`` (``live.py``).
 What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
 (``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
 with its HTTP status) and ``is_json`` are exported beside them.
@@ -20,13 +21,17 @@ from durable_sessions.streams.api import (
     append,
     append_json,
     aread,
+    aretention,
+    atruncate,
     close,
     create,
     delete,
     fork,
     info,
     read,
+    retention,
     submit_json,
+    truncate,
 )
 from durable_sessions.streams.commit import ProducerKey
 from durable_sessions.streams.content import is_json
@@ -47,6 +52,7 @@ from durable_sessions.streams.errors import (
 from durable_sessions.streams.live import subscribe
 from durable_sessions.streams.offsets import START, Position, parse_offset
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
+from durable_sessions.streams.retention import Retention
 
 __all__ = [
     "START",
@@ -61,6 +67,7 @@ __all__ = [
     "Position",
     "ProducerKey",
     "ReadResult",
+    "Retention",
     "StaleProducerEpoch",
     "StreamClosed",
     "StreamError",
@@ -78,6 +85,8 @@ __all__ = [
     "append",
     "append_json",
     "aread",
+    "aretention",
+    "atruncate",
     "close",
     "create",
     "delete",
@@ -86,6 +95,8 @@ __all__ = [
     "is_json",
     "parse_offset",
     "read",
+    "retention",
     "submit_json",
     "subscribe",
+    "truncate",
 ]

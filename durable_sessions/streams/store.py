@@ -226,6 +226,8 @@ def check_op(op: Any) -> None:
         check_options(content_type=op.content_type, stream_seq=op.stream_seq, producer=op.producer)
     elif isinstance(op, CreateOp):
         check_options(content_type=op.content_type, ttl=op.ttl_seconds, expires_at=op.expires_at)
+        for pid, epoch, seq in op.producers:
+            check_options(producer=(pid, epoch, seq))
     size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
     if size > ds_settings.MAX_APPEND_BYTES:
         raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")
