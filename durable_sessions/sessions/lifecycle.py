@@ -40,11 +40,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from durable_sessions import state, streams
-from durable_sessions.sessions import errors, roles, writes
+from durable_sessions.sessions import cache, errors, roles, writes
 from durable_sessions.sessions.models import ONLINE, OWNER, Agent, Device, Membership, Session
 from durable_sessions.sessions.standing import session_access, session_uuid
 
 Event = dict[str, Any]
+
+
+RESET_ATTEMPTS = 5
 
 
 # -- the rows a reset re-appends -----------------------------------------------------------------
@@ -100,11 +103,28 @@ def session_reset(*, user: Any, session_id: Any, clear_presence: bool = False) -
     """Reset a session's stream (owners): the ``reset`` control event, then the current agents
     and (unless ``clear_presence``) the online presence, in one append."""
     session = session_access(user=user, session_id=session_id, action=roles.MANAGE).session
-    events = [state.control("reset"), *agent_events(session)]
+    restored = agent_events(session)
     if not clear_presence:
-        events.extend(presence_events(session))
-    writes.append_events(session, events)
-    return {"success": True, "sessionId": str(session.pk), "message": "Session reset"}
+        restored.extend(presence_events(session))
+    for _attempt in range(RESET_ATTEMPTS):
+        # The rows the reset deletes for StreamDB are those of the state at the tail it lands
+        # on: if anything is written meanwhile, fold again.
+        with cache.caught_up(session.stream_path) as (session_state, offset):
+            existing = writes.existing_rows(session_state)
+        try:
+            writes.append_events(
+                session, writes.reset_batch(existing, restored), expect_tail=_tail(offset)
+            )
+        except errors.Conflict as exc:
+            if exc.get_codes() == "tail_moved":
+                continue
+            raise
+        return {"success": True, "sessionId": str(session.pk), "message": "Session reset"}
+    raise errors.Unavailable("the session kept changing during the reset; retry")
+
+
+def _tail(offset: str) -> str:
+    return str(streams.START) if offset == "-1" else offset
 
 
 # -- fork --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.db import connection
@@ -129,3 +129,20 @@ def append_events(
         return _result(future)
     except streams.Conflict as exc:
         raise errors.Conflict(str(exc), code=exc.code or "conflict") from exc
+
+
+SESSION_TYPES = ("chunk", "presence", "agent")
+
+
+def reset_batch(existing: Iterable[tuple[str, str]], restored: Sequence[dict]) -> list[dict]:
+    """The one entry of a reset whose state starts with ``restored``: the reset as the public
+    StreamDB client also applies it (``state.reset_events``: deletes of the ``existing`` rows
+    that ``restored`` does not write again), then ``restored``."""
+    kept = {(event["type"], event["key"]) for event in restored if "type" in event}
+    gone = [row for row in existing if row not in kept]
+    return [*state.reset_events(gone, types=SESSION_TYPES), *restored]
+
+
+def existing_rows(session_state: state.State) -> list[tuple[str, str]]:
+    """Every ``(type, key)`` row of a folded state."""
+    return [(kind, key) for kind in session_state.types() for key in session_state.rows(kind)]

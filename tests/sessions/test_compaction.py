@@ -74,9 +74,17 @@ def test_compaction_keeps_every_message_in_fewer_events(as_alice, alice, session
     before = fresh(session_id)
     count = len(events(session_id))
     report = service.session_compact(session_id=session_id)
-    assert report["compacted"] and report["events"] == count and report["after"] < count
+    assert report["compacted"] and report["events"] == count
+    assert report["bytes_after"] < report["bytes"]
     log = events(session_id)
-    assert log[0] == {"headers": {"control": "reset"}} and len(log) == report["after"]
+    reset_at = log.index({"headers": {"control": "reset"}})
+    assert {e["key"] for e in log[:reset_at]} == {state.PRIMER_KEY}  # for StreamDB
+    dropped = [e for e in log[reset_at + 1 :] if e["headers"]["operation"] == "delete"]
+    log = [e for e in log[reset_at + 1 :] if e["headers"]["operation"] != "delete"]
+    assert reset_at + 1 + len(dropped) + len(log) == report["after"]
+    # the folded chunks are deleted (for StreamDB, which keeps rows across a reset)
+    kept = {e["key"] for e in log if e["type"] == "chunk"}
+    assert {e["key"] for e in dropped} == set(before.rows("chunk")) - kept
     after = fresh(session_id)
     assert as_dicts(after) == as_dicts(before)
     assert after.agents() == before.agents() and after.presence() == before.presence()
@@ -99,15 +107,35 @@ def test_compaction_keeps_every_message_in_fewer_events(as_alice, alice, session
     expected = as_dicts(fresh(session_id))
     assert service.session_compact(session_id=session_id)["compacted"]
     assert as_dicts(fresh(session_id)) == expected
+    # the next one drops only the deletes written for StreamDB; then nothing is left
+    assert service.session_compact(session_id=session_id)["compacted"]
+    assert all(e["key"] == state.PRIMER_KEY for e in events(session_id) if is_delete(e))
+    assert as_dicts(fresh(session_id)) == expected
     assert service.session_compact(session_id=session_id)["reason"] == "nothing to compact"
+
+
+def long_generation(sid: str, message_id: str, chunks: int = 30) -> None:
+    """A finished generation of ``chunks`` text chunks: compacting it saves bytes."""
+    so_far = ""
+    for seq in range(chunks):
+        so_far += f"word{seq} "
+        text(sid, message_id, seq, f"word{seq} ", so_far)
+    chunk(sid, message_id, chunks, {"type": "done"})
+
+
+def without_primers(log: list[dict]) -> list[dict]:
+    """The log without the deletes that open StreamDB's collections before a reset."""
+    return [e for e in log if e.get("key") != state.PRIMER_KEY]
+
+
+def is_delete(event: dict) -> bool:
+    return event["headers"].get("operation") == "delete"
 
 
 def test_a_read_from_before_the_compaction_is_gone(as_alice, session_id):
     post(as_alice, session_id, "one")
     old = streams.read(f"sessions/{session_id}", "-1").next
-    text(session_id, "g", 0, "a", "a")
-    text(session_id, "g", 1, "b", "ab")
-    chunk(session_id, "g", 2, {"type": "done"})
+    long_generation(session_id, "g")
     service.session_compact(session_id=session_id)
     with pytest.raises(streams.StreamGone):
         streams.read(f"sessions/{session_id}", old)
@@ -135,6 +163,7 @@ def test_a_cached_state_behind_the_compaction_folds_again(as_alice, session_id):
 def test_the_command(as_alice, alice, session_id):
     busy_session(as_alice, session_id, alice)
     count = len(events(session_id))
+    size = streams.retention(f"sessions/{session_id}").tail.bytes
     out = io.StringIO()
     call_command("compact_sessions", "--dry-run", stdout=out)
     assert "dry run" in out.getvalue() and len(events(session_id)) == count
@@ -142,7 +171,9 @@ def test_the_command(as_alice, alice, session_id):
     assert len(events(session_id)) == count  # active a moment ago
     out = io.StringIO()
     call_command("compact_sessions", "--session", session_id, stdout=out)
-    assert "1 session(s) compacted" in out.getvalue() and len(events(session_id)) < count
+    assert "1 session(s) compacted" in out.getvalue()
+    retained = streams.retention(f"sessions/{session_id}")
+    assert retained.tail.bytes - retained.first.bytes < size
     with pytest.raises(CommandError):
         call_command("compact_sessions", "--session", "nope")
     with pytest.raises(CommandError):
@@ -153,9 +184,7 @@ def test_the_command(as_alice, alice, session_id):
 
 def test_a_fork_is_compacted_before_its_source(as_alice, session_id):
     post(as_alice, session_id, "one")
-    text(session_id, "g", 0, "a", "a")
-    text(session_id, "g", 1, "b", "ab")
-    chunk(session_id, "g", 2, {"type": "done"})
+    long_generation(session_id, "g")
     forked = fork(as_alice, session_id)["sessionId"]
     post(as_alice, forked, "in the fork")
     source_before, fork_before = fresh(session_id), fresh(forked)
@@ -166,7 +195,8 @@ def test_a_fork_is_compacted_before_its_source(as_alice, session_id):
     assert "2 session(s) compacted" in out.getvalue(), out.getvalue()
     assert as_dicts(fresh(session_id)) == as_dicts(source_before)
     assert as_dicts(fresh(forked)) == as_dicts(fork_before)
-    assert events(session_id)[0] == events(forked)[0] == {"headers": {"control": "reset"}}
+    for sid in (session_id, forked):
+        assert without_primers(events(sid))[0] == {"headers": {"control": "reset"}}
 
 
 # -- a live subscriber on a real server ----------------------------------------------------------
@@ -239,7 +269,7 @@ def test_a_live_subscriber_sees_the_reset_and_the_same_messages(
     reader.stop = True
     assert reader.error is None
     seen = reader.events
-    assert seen[count] == {"headers": {"control": "reset"}}
+    assert without_primers(seen[count:])[0] == {"headers": {"control": "reset"}}
     assert len(seen) == count + report["after"] + 1  # nothing doubled, nothing lost
     live = state.SessionState()
     live.apply_all(seen[: count + report["after"]])
@@ -255,6 +285,6 @@ def test_a_live_subscriber_sees_the_reset_and_the_same_messages(
     assert response.status_code == 200
     again = state.SessionState()
     again.apply_all(response.json())
-    assert response.json()[0] == {"headers": {"control": "reset"}}
+    assert without_primers(response.json())[0] == {"headers": {"control": "reset"}}
     assert as_dicts(again) == as_dicts(live)
     assert Session.objects.get(pk=session_id).stream_path == f"sessions/{session_id}"

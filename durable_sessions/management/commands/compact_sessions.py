@@ -59,6 +59,7 @@ class Command(BaseCommand):
             reason = f" ({report['reason']})" if report.get("reason") else ""
             verb = "compacted" if report["compacted"] else "kept"
             self.stdout.write(
-                f"{session.pk}: {verb}, {report['events']} events -> {report['after']}{reason}"
+                f"{session.pk}: {verb}, {report['events']} events ({report.get('bytes', '?')} "
+                f"bytes) -> {report['after']} ({report.get('bytes_after', '?')} bytes){reason}"
             )
         self.stdout.write(f"{compacted} session(s) compacted")
