@@ -113,3 +113,25 @@ def test_webhook_settings():
         for value in (0, -5, "10", float("inf")):
             with override_settings(DURABLE_SESSIONS={key: value}):
                 assert "durable_sessions.E003" in ids(), (key, value)
+
+
+def test_agent_settings():
+    for value in ("1", 1, None):
+        with override_settings(DURABLE_SESSIONS={"AGENT_ALLOW_PRIVATE": value}):
+            assert "durable_sessions.E020" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"AGENT_ALLOW_PRIVATE": True}):
+        assert ids() == set()
+    good = {"id": "house", "endpoint": "python:myproject.agents.echo"}
+    for value in (
+        {"id": "house"},
+        [{"id": "house", "endpoint": "ftp://x/"}],
+        [{"id": 1, "endpoint": "https://8.8.8.8/"}],
+        ["python:myproject.agents.echo"],
+        [good, good],
+    ):
+        with override_settings(DURABLE_SESSIONS={"DEFAULT_AGENTS": value}):
+            assert "durable_sessions.E022" in ids(), value
+    # the check resolves nothing: a private URL is refused when a session is created
+    specs = [good, {"id": "lan", "endpoint": "https://10.0.0.1/"}]
+    with override_settings(DURABLE_SESSIONS={"DEFAULT_AGENTS": specs}):
+        assert ids() == set()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -23,55 +22,10 @@ from django.utils import timezone
 from durable_sessions import state, streams
 from durable_sessions.conf import ds_settings
 from durable_sessions.sessions import cache, errors, roles, writes
+from durable_sessions.sessions.guard import Access, role_of, session_access
+from durable_sessions.sessions.guard import as_uuid as _uuid
 from durable_sessions.sessions.identity import actor_id
 from durable_sessions.sessions.models import OWNER, ROLES, Membership, Session
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """A user's standing in a session: the session row and their role (None for staff who are
-    not members)."""
-
-    session: Session
-    user: Any
-    role: str | None
-
-    @property
-    def actor_id(self) -> str:
-        """The user's public actorId."""
-        return actor_id(self.user)
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise errors.NotFound("no such session") from None
-
-
-def session_access(*, user: Any, session_id: Any, action: str) -> Access:
-    """The session and the user's role, if ``user`` may do ``action`` in it.
-
-    ``NotFound`` for an unknown session, ``Forbidden`` for a role that does not allow
-    ``action`` (an outsider may not even read), ``Conflict`` for a write to an archived one.
-    """
-    try:
-        session = Session.objects.get(pk=_uuid(session_id))
-    except Session.DoesNotExist:
-        raise errors.NotFound("no such session") from None
-    role = (
-        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
-        if getattr(user, "is_authenticated", False)
-        else None
-    )
-    if not roles.allowed(role, action, staff=bool(getattr(user, "is_staff", False))):
-        raise errors.Forbidden(f"your role in this session does not allow {action}")
-    if action != roles.READ and session.archived:
-        raise errors.Conflict("the session is archived", code="archived")
-    return Access(session, user, role)
-
 
 # -- sessions ----------------------------------------------------------------------------------
 
@@ -96,6 +50,7 @@ def session_create(*, owner: Any, session_id: Any = None, title: str = "") -> tu
             Membership.objects.create(session=session, user=owner, role=OWNER)
     except IntegrityError:  # created meanwhile by another request
         return session_access(user=owner, session_id=sid, action=roles.READ).session, False
+    register_configured(session, owner=owner)
     return session, True
 
 
@@ -127,17 +82,11 @@ def session_archive(*, user: Any, session_id: Any, archived: bool = True) -> Ses
         session = session_access(user=user, session_id=sid, action=roles.MANAGE).session
     except errors.Conflict:  # archived already: only unarchiving is a write it takes
         session = session_access(user=user, session_id=sid, action=roles.READ).session
-        if not roles.allowed(_role(user, session), roles.MANAGE, staff=user.is_staff):
+        if not roles.allowed(role_of(user, session), roles.MANAGE, staff=user.is_staff):
             raise
     session.archived_at = timezone.now() if archived else None
     session.save(update_fields=["archived_at", "updated_at"])
     return session
-
-
-def _role(user: Any, session: Session) -> str | None:
-    return (
-        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
-    )
 
 
 def session_delete(*, user: Any, session_id: Any) -> None:
@@ -248,9 +197,13 @@ def message_post(
     message_id: Any = None,
     role: str = "user",
     txid: str | None = None,
+    agent: AgentSpec | dict[str, Any] | None = None,
 ) -> str:
     """Post a whole message as ``user``: one ``chunk`` row at seq 0 carrying a
     ``whole-message``, with ``txid`` in its headers. Returns the messageId.
+
+    An inline ``agent`` is registered first, under the rules of every registration
+    (``agents.register``), so the message triggers it as a registered agent.
 
     A messageId already used is ``Conflict``, except a retry of the same post (same author,
     same content), which returns the id again without writing anything twice.
@@ -260,6 +213,8 @@ def message_post(
         raise errors.Forbidden("only staff may post as a role other than user")
     if len(content) > ds_settings.MAX_MESSAGE_CHARS:
         raise errors.Invalid(f"a message holds at most {ds_settings.MAX_MESSAGE_CHARS} characters")
+    if agent is not None:
+        register(access.session, [agent], by=user)
     mid = str(uuid.uuid4() if message_id is None else message_id)
     me = access.actor_id
     try:
@@ -339,3 +294,23 @@ def events_read(
         "offset": str(result.next),
         "upToDate": result.up_to_date,
     }
+
+
+# -- flows in their own modules ----------------------------------------------------------------
+
+from durable_sessions.sessions.actions import (  # noqa: E402, F401
+    approval_respond,
+    generation_stop,
+    message_regenerate,
+    tool_result_post,
+)
+from durable_sessions.sessions.agent_specs import AgentSpec, resolve_agent_url  # noqa: E402, F401
+from durable_sessions.sessions.agents import (  # noqa: E402, F401
+    agent_delete,
+    agent_list,
+    agent_register,
+    agent_update,
+    register,
+    register_configured,
+    register_defaults,
+)
