@@ -75,6 +75,13 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CACHE_SIZE": 256,
     # Longest message a user may post, in characters.
     "MAX_MESSAGE_CHARS": 100_000,
+    # Agents registered on every new session: a list of AgentSpec dicts (docs/agents-registry.md).
+    # They may name Python agents (python:<dotted.path>), which users may not register.
+    "DEFAULT_AGENTS": [],
+    # Whether agent endpoints may point at loopback and private networks (RFC 1918, CGNAT, IPv6
+    # unique local), checked at registration and at connect time. The host project sets it from
+    # DS_AGENT_ALLOW_PRIVATE=1. Link-local (cloud metadata) and multicast stay refused.
+    "AGENT_ALLOW_PRIVATE": False,
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}

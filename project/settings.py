@@ -121,6 +121,10 @@ if env_flag("DS_PUBLIC_STREAMS"):
 if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
     # Webhooks to this machine (the conformance suite's receiver): development and tests only.
     DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True
+if env_flag("DS_AGENT_ALLOW_PRIVATE"):
+    # Agents on this machine or the private network (a local model server): see
+    # docs/agents-registry.md. Link-local (cloud metadata) and multicast stay refused.
+    DURABLE_SESSIONS["AGENT_ALLOW_PRIVATE"] = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

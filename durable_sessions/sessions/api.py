@@ -142,6 +142,7 @@ class SessionViewSet(SessionAPIView):
             message_id=body.get("messageId"),
             role=body["role"],
             txid=str(body["txid"]) if body.get("txid") else None,
+            agent=body.get("agent"),
         )
         return Response({"messageId": message_id})
 

@@ -41,8 +41,8 @@ from django.utils import timezone
 
 from durable_sessions import state, streams
 from durable_sessions.sessions import cache, errors, roles, writes
+from durable_sessions.sessions.guard import as_uuid, session_access
 from durable_sessions.sessions.models import ONLINE, OWNER, Agent, Device, Membership, Session
-from durable_sessions.sessions.standing import session_access, session_uuid
 
 Event = dict[str, Any]
 
@@ -263,7 +263,7 @@ def session_fork(
         raise errors.Invalid("give atMessageId or atOffset, not both")
     with_agents = roles.allowed(access.role, roles.MANAGE, staff=staff)
     source = access.session
-    sid = uuid.uuid4() if new_session_id is None else session_uuid(new_session_id)
+    sid = uuid.uuid4() if new_session_id is None else as_uuid(new_session_id)
     if Session.objects.filter(pk=sid).exists():
         raise errors.Conflict("that session id is taken", code="session_exists")
     sub_offset = 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from durable_sessions.sessions.models import MESSAGE_ROLES, ROLES
+from durable_sessions.sessions import agent_specs
+from durable_sessions.sessions.models import MESSAGE_ROLES, ROLES, TRIGGERS
 
 
 class StrictCharField(serializers.CharField):
@@ -64,6 +66,41 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class AgentSpecDoc(serializers.Serializer):
+    """An AgentSpec (WIRE.md 6), as the schema describes it; ``AgentSpecField`` validates."""
+
+    id = serializers.CharField(max_length=agent_specs.MAX_ID)
+    name = serializers.CharField(required=False, max_length=agent_specs.MAX_NAME)
+    endpoint = serializers.CharField(
+        help_text="An absolute http(s) URL (no user info, no fragment), or python:<dotted.path>"
+        " (staff and settings only)."
+    )
+    method = serializers.ChoiceField(choices=["POST"], required=False)
+    headers = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Secrets: stored, sent to the agent, never shown again.",
+    )
+    triggers = serializers.ChoiceField(choices=list(TRIGGERS), required=False)
+    bodyTemplate = serializers.DictField(required=False)
+
+
+@extend_schema_field(AgentSpecDoc)
+class AgentSpecField(serializers.Field):
+    """An AgentSpec, validated by ``agent_specs.parse`` (strict types, URL syntax, headers)."""
+
+    def to_internal_value(self, data: Any) -> agent_specs.AgentSpec:
+        """The validated spec, or a 400 naming the field that is wrong."""
+        try:
+            return agent_specs.parse(data)
+        except agent_specs.SpecInvalid as exc:
+            raise serializers.ValidationError(str(exc.detail)) from None
+
+    def to_representation(self, value: agent_specs.AgentSpec) -> dict[str, Any]:
+        """The spec without its secrets."""
+        return agent_specs.public_spec(value)
+
+
 class SessionIn(serializers.Serializer):
     """``PUT /v1/sessions/<id>`` and ``POST /v1/sessions/``: an optional title."""
 
@@ -108,6 +145,7 @@ class MessageIn(serializers.Serializer):
     actorId = StrictCharField(required=False, allow_blank=True)
     actorType = StrictChoiceField(choices=["user", "agent"], required=False)
     txid = StrictUUIDField(required=False)
+    agent = AgentSpecField(required=False)
 
 
 class MessageOut(serializers.Serializer):

@@ -22,9 +22,10 @@ from django.utils import timezone
 from durable_sessions import state, streams
 from durable_sessions.conf import ds_settings
 from durable_sessions.sessions import cache, errors, roles, writes
+from durable_sessions.sessions.guard import Access, role_of, session_access
+from durable_sessions.sessions.guard import as_uuid as _uuid
 from durable_sessions.sessions.identity import actor_id
 from durable_sessions.sessions.models import OWNER, ROLES, Membership, Session
-from durable_sessions.sessions.standing import Access, session_access, session_uuid
 
 # -- sessions ----------------------------------------------------------------------------------
 
@@ -33,7 +34,7 @@ def session_create(*, owner: Any, session_id: Any = None, title: str = "") -> tu
     """Create a session owned by ``owner`` (or find the one under ``session_id`` that
     ``owner`` may read): ``(session, created)``. Its stream is created first, so a session row
     never exists without its stream."""
-    sid = uuid.uuid4() if session_id is None else session_uuid(session_id)
+    sid = uuid.uuid4() if session_id is None else _uuid(session_id)
     if Session.objects.filter(pk=sid).exists():
         return session_access(user=owner, session_id=sid, action=roles.READ).session, False
     path = f"sessions/{sid}"
@@ -49,6 +50,7 @@ def session_create(*, owner: Any, session_id: Any = None, title: str = "") -> tu
             Membership.objects.create(session=session, user=owner, role=OWNER)
     except IntegrityError:  # created meanwhile by another request
         return session_access(user=owner, session_id=sid, action=roles.READ).session, False
+    register_configured(session, owner=owner)
     return session, True
 
 
@@ -75,22 +77,16 @@ def session_update(*, user: Any, session_id: Any, title: str) -> Session:
 
 def session_archive(*, user: Any, session_id: Any, archived: bool = True) -> Session:
     """Archive (hidden from lists, every write refused) or unarchive a session (owners)."""
-    sid = session_uuid(session_id)
+    sid = _uuid(session_id)
     try:
         session = session_access(user=user, session_id=sid, action=roles.MANAGE).session
     except errors.Conflict:  # archived already: only unarchiving is a write it takes
         session = session_access(user=user, session_id=sid, action=roles.READ).session
-        if not roles.allowed(_role(user, session), roles.MANAGE, staff=user.is_staff):
+        if not roles.allowed(role_of(user, session), roles.MANAGE, staff=user.is_staff):
             raise
     session.archived_at = timezone.now() if archived else None
     session.save(update_fields=["archived_at", "updated_at"])
     return session
-
-
-def _role(user: Any, session: Session) -> str | None:
-    return (
-        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
-    )
 
 
 def session_delete(*, user: Any, session_id: Any) -> None:
@@ -201,9 +197,13 @@ def message_post(
     message_id: Any = None,
     role: str = "user",
     txid: str | None = None,
+    agent: AgentSpec | dict[str, Any] | None = None,
 ) -> str:
     """Post a whole message as ``user``: one ``chunk`` row at seq 0 carrying a
     ``whole-message``, with ``txid`` in its headers. Returns the messageId.
+
+    An inline ``agent`` is registered first, under the rules of every registration
+    (``agents.register``), so the message triggers it as a registered agent.
 
     A messageId already used is ``Conflict``, except a retry of the same post (same author,
     same content), which returns the id again without writing anything twice.
@@ -213,6 +213,8 @@ def message_post(
         raise errors.Forbidden("only staff may post as a role other than user")
     if len(content) > ds_settings.MAX_MESSAGE_CHARS:
         raise errors.Invalid(f"a message holds at most {ds_settings.MAX_MESSAGE_CHARS} characters")
+    if agent is not None:
+        register(access.session, [agent], by=user)
     mid = str(uuid.uuid4() if message_id is None else message_id)
     me = access.actor_id
     try:
@@ -294,6 +296,24 @@ def events_read(
     }
 
 
+# -- flows in their own modules ----------------------------------------------------------------
+
+from durable_sessions.sessions.actions import (  # noqa: E402, F401
+    approval_respond,
+    generation_stop,
+    message_regenerate,
+    tool_result_post,
+)
+from durable_sessions.sessions.agent_specs import AgentSpec, resolve_agent_url  # noqa: E402, F401
+from durable_sessions.sessions.agents import (  # noqa: E402, F401
+    agent_delete,
+    agent_list,
+    agent_register,
+    agent_update,
+    register,
+    register_configured,
+    register_defaults,
+)
 from durable_sessions.sessions.compaction import (  # noqa: E402, F401
     compacted_events,
     session_compact,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from durable_sessions.sessions import api, lifecycle_api
+from durable_sessions.sessions import actions_api, agents_api, api, lifecycle_api
 
 app_name = "durable_sessions"
 
@@ -54,5 +54,34 @@ urlpatterns = [
         f"{_session}/reset",
         lifecycle_api.LifecycleViewSet.as_view({"post": "reset"}),
         name="session-reset",
+    ),
+    # -- agents and actions
+    path(
+        f"{_session}/agents",
+        agents_api.AgentsView.as_view({"get": "list", "post": "create"}),
+        name="session-agents",
+    ),
+    path(
+        f"{_session}/agents/<str:agent_id>",
+        agents_api.AgentView.as_view({"patch": "partial_update", "delete": "destroy"}),
+        name="session-agent",
+    ),
+    path(
+        f"{_session}/stop", actions_api.ActionsView.as_view({"post": "stop"}), name="session-stop"
+    ),
+    path(
+        f"{_session}/tool-results",
+        actions_api.ActionsView.as_view({"post": "tool_results"}),
+        name="session-tool-results",
+    ),
+    path(
+        f"{_session}/regenerate",
+        actions_api.ActionsView.as_view({"post": "regenerate"}),
+        name="session-regenerate",
+    ),
+    path(
+        f"{_session}/approvals/<str:approval_id>",
+        actions_api.ApprovalView.as_view({"post": "create"}),
+        name="session-approval",
     ),
 ]

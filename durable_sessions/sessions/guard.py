@@ -1,7 +1,8 @@
-"""A user's standing in a session: ``session_access``, the one permission check of the service.
+"""Who stands where in a session: ``session_access()``, the check every service flow starts with.
 
-Kept apart from ``service.py`` so that the flows in their own modules (``lifecycle.py``...) can
-check access without importing the service that re-exports them.
+It lives apart from ``service.py`` so that the flows in their own modules (agents, actions,
+presence...) can use it while ``service.py`` re-exports them, without an import circle.
+``service.Access`` and ``service.session_access`` are these.
 """
 
 from __future__ import annotations
@@ -29,15 +30,29 @@ class Access:
         """The user's public actorId."""
         return actor_id(self.user)
 
+    @property
+    def staff(self) -> bool:
+        """Whether the user is staff (may do everything)."""
+        return bool(getattr(self.user, "is_staff", False))
 
-def session_uuid(value: Any) -> uuid.UUID:
-    """A session id as a UUID; ``NotFound`` when it is none (no session can have it)."""
+
+def as_uuid(value: Any) -> uuid.UUID:
+    """``value`` as a session id; ``NotFound`` when it is not a UUID."""
     if isinstance(value, uuid.UUID):
         return value
     try:
         return uuid.UUID(str(value))
     except ValueError:
         raise errors.NotFound("no such session") from None
+
+
+def role_of(user: Any, session: Session) -> str | None:
+    """``user``'s role in ``session`` (None: not a member, or not authenticated)."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return (
+        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
+    )
 
 
 def session_access(*, user: Any, session_id: Any, action: str) -> Access:
@@ -47,14 +62,10 @@ def session_access(*, user: Any, session_id: Any, action: str) -> Access:
     ``action`` (an outsider may not even read), ``Conflict`` for a write to an archived one.
     """
     try:
-        session = Session.objects.get(pk=session_uuid(session_id))
+        session = Session.objects.get(pk=as_uuid(session_id))
     except Session.DoesNotExist:
         raise errors.NotFound("no such session") from None
-    role = (
-        Membership.objects.filter(session=session, user=user).values_list("role", flat=True).first()
-        if getattr(user, "is_authenticated", False)
-        else None
-    )
+    role = role_of(user, session)
     if not roles.allowed(role, action, staff=bool(getattr(user, "is_staff", False))):
         raise errors.Forbidden(f"your role in this session does not allow {action}")
     if action != roles.READ and session.archived:
