@@ -3,7 +3,8 @@
 This is the edge the layers above import. The Python API (``api.py``): ``create``/``acreate``,
 ``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
 ``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``submit_json`` (queue in
-order, without waiting), and ``subscribe`` (``live.py``).
+order, without waiting), ``subscribe`` (``live.py``), and ``revoke`` (``revocation.py``: every
+live reader of a path, in every process, authorizes its user again now).
 What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
 (``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
 with its HTTP status) and ``is_json`` are exported beside them.
@@ -47,6 +48,7 @@ from durable_sessions.streams.errors import (
 from durable_sessions.streams.live import subscribe
 from durable_sessions.streams.offsets import START, Position, parse_offset
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
+from durable_sessions.streams.revocation import revoke
 
 __all__ = [
     "START",
@@ -86,6 +88,7 @@ __all__ = [
     "is_json",
     "parse_offset",
     "read",
+    "revoke",
     "submit_json",
     "subscribe",
 ]
