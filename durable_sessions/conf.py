@@ -75,6 +75,13 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CACHE_SIZE": 256,
     # Longest message a user may post, in characters.
     "MAX_MESSAGE_CHARS": 100_000,
+    # Seconds a device stays present without a word (login, heartbeat, an open websocket renews
+    # it); then the presence sweep turns it offline, whichever process saw it last.
+    "PRESENCE_TTL": 60.0,
+    # Seconds a device stays online after its last websocket closed (a reload reconnects).
+    "PRESENCE_GRACE": 10.0,
+    # Seconds between presence sweeps (every process runs one).
+    "PRESENCE_SWEEP_INTERVAL": 2.0,
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}

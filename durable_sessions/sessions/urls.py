@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from durable_sessions.sessions import api
+from durable_sessions.sessions import api, presence_api
 
 app_name = "durable_sessions"
 
@@ -45,4 +45,19 @@ urlpatterns = [
         name="session-member",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        f"{_session}/login",
+        presence_api.PresenceView.as_view({"post": "login"}),
+        name="session-login",
+    ),
+    path(
+        f"{_session}/logout",
+        presence_api.LogoutView.as_view({"post": "logout"}),
+        name="session-logout",
+    ),
+    path(
+        f"{_session}/heartbeat",
+        presence_api.PresenceView.as_view({"post": "heartbeat"}),
+        name="session-heartbeat",
+    ),
 ]
