@@ -82,6 +82,13 @@ DEFAULTS: dict[str, Any] = {
     # unique local), checked at registration and at connect time. The host project sets it from
     # DS_AGENT_ALLOW_PRIVATE=1. Link-local (cloud metadata) and multicast stay refused.
     "AGENT_ALLOW_PRIVATE": False,
+    # Seconds a device stays present without a word (login, heartbeat, an open websocket renews
+    # it); then the presence sweep turns it offline, whichever process saw it last.
+    "PRESENCE_TTL": 60.0,
+    # Seconds a device stays online after its last websocket closed (a reload reconnects).
+    "PRESENCE_GRACE": 10.0,
+    # Seconds between presence sweeps (every process runs one).
+    "PRESENCE_SWEEP_INTERVAL": 2.0,
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}

@@ -116,6 +116,9 @@ if os.environ.get("DS_SUBSCRIPTION_SWEEP_INTERVAL"):
     DURABLE_SESSIONS["SUBSCRIPTION_SWEEP_INTERVAL"] = float(
         os.environ["DS_SUBSCRIPTION_SWEEP_INTERVAL"]
     )
+for _name in ("PRESENCE_TTL", "PRESENCE_GRACE", "PRESENCE_SWEEP_INTERVAL", "AUTH_RECHECK_INTERVAL"):
+    if os.environ.get(f"DS_{_name}"):
+        DURABLE_SESSIONS[_name] = float(os.environ[f"DS_{_name}"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
 if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):

@@ -4,7 +4,7 @@ The sessions layer claims the ``sessions/`` prefix of the streams layer (``claim
 this policy decides there whatever ``PERMISSION_POLICY`` says: members of every role and staff
 may read (GET, HEAD, live reads, websockets); nobody may create, append to or delete a session
 stream through the protocol, not even staff. Only the sessions service writes it, so no chunk
-on it can carry someone else's name.
+on it can carry someone else's name. A member removed is cut off live (``streams.revoke``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ class SessionStreams(BasePermission):
 
 
 def install() -> None:
-    """Claim ``sessions/`` for this policy (from ``AppConfig.ready``: no database touched)."""
+    """Claim ``sessions/`` for this policy, observe its websockets (presence) and run the
+    presence sweep beside the log (from ``AppConfig.ready``: no database touched)."""
+    from durable_sessions.sessions import presence_live
     from durable_sessions.streams.permissions import claim_prefix
 
     claim_prefix(PREFIX, SessionStreams())
+    presence_live.install(PREFIX)

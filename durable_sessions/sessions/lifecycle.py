@@ -34,15 +34,17 @@ from __future__ import annotations
 import contextlib
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from durable_sessions import state, streams
 from durable_sessions.sessions import cache, errors, roles, writes
+from durable_sessions.sessions.agent_specs import public_row
+from durable_sessions.sessions.agents import spec_of
 from durable_sessions.sessions.guard import as_uuid, session_access
-from durable_sessions.sessions.models import ONLINE, OWNER, Agent, Device, Membership, Session
+from durable_sessions.sessions.models import OWNER, Agent, Membership, Session
+from durable_sessions.sessions.presence import presence_events
 
 Event = dict[str, Any]
 
@@ -53,50 +55,15 @@ RESET_ATTEMPTS = 5
 # -- the rows a reset re-appends -----------------------------------------------------------------
 
 
-def public_endpoint(url: str) -> str:
-    """An agent's endpoint as the stream shows it: without credentials or query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def agent_row(agent: Agent) -> dict[str, Any]:
     """The ``agent`` row of a registered agent (WIRE.md 3: never its secrets)."""
-    return {
-        "agentId": agent.agent_id,
-        "name": agent.name or agent.agent_id,
-        "endpoint": public_endpoint(agent.endpoint),
-        "triggers": agent.triggers,
-    }
-
-
-def presence_row(device: Device) -> dict[str, Any]:
-    """The ``presence`` row of a device (WIRE.md 3)."""
-    return {
-        "actorId": device.actor_id,
-        "deviceId": device.device_id,
-        "actorType": "user",
-        "name": device.name or device.actor_id,
-        "status": device.status,
-        "lastSeenAt": state.timestamp(device.last_seen_at.timestamp()),
-    }
+    return public_row(spec_of(agent))
 
 
 def agent_events(session: Session) -> list[Event]:
     """Upserts of the session's registered agents, in registration order."""
     agents = Agent.objects.filter(session=session).order_by("id")
     return [state.upsert("agent", a.agent_id, agent_row(a)) for a in agents]
-
-
-def presence_events(session: Session) -> list[Event]:
-    """Upserts of the session's online devices."""
-    devices = Device.objects.filter(session=session, status=ONLINE).order_by("id")
-    return [
-        state.upsert("presence", f"{d.actor_id}:{d.device_id}", presence_row(d)) for d in devices
-    ]
 
 
 def session_reset(*, user: Any, session_id: Any, clear_presence: bool = False) -> dict[str, Any]:

@@ -169,8 +169,11 @@ def member_update(*, user: Any, session_id: Any, username: str, role: str) -> di
         membership = _membership(session, username)
         if role != OWNER:
             _keep_an_owner(session, membership)
+        changed = membership.role != role
         membership.role = role
         membership.save(update_fields=["role"])
+    if changed:  # what their live readers may do changed: they are authorized again
+        _revoke(session)
     return _member_row(membership)
 
 
@@ -184,6 +187,15 @@ def member_remove(*, user: Any, session_id: Any, username: str) -> None:
         membership = _membership(session, username)
         _keep_an_owner(session, membership)
         membership.delete()
+    presence_forget(session=session, user=membership.user)
+    _revoke(session)
+
+
+def _revoke(session: Session) -> None:
+    """Have every live reader of the session's stream, in every process, authorized again once
+    the change is committed: a member removed stops receiving it within a second."""
+    path = session.stream_path
+    transaction.on_commit(lambda: streams.revoke(path))
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -321,7 +333,15 @@ from durable_sessions.sessions.compaction import (  # noqa: E402, F401
 )
 from durable_sessions.sessions.lifecycle import (  # noqa: E402, F401
     agent_events,
-    presence_events,
     session_fork,
     session_reset,
+)
+from durable_sessions.sessions.presence import (  # noqa: E402, F401  (re-exported)
+    presence_away,
+    presence_events,
+    presence_expire,
+    presence_forget,
+    presence_heartbeat,
+    presence_login,
+    presence_logout,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from durable_sessions.sessions import actions_api, agents_api, api, lifecycle_api
+from durable_sessions.sessions import actions_api, agents_api, api, lifecycle_api, presence_api
 
 app_name = "durable_sessions"
 
@@ -83,5 +83,21 @@ urlpatterns = [
         f"{_session}/approvals/<str:approval_id>",
         actions_api.ApprovalView.as_view({"post": "create"}),
         name="session-approval",
+    ),
+    # -- presence
+    path(
+        f"{_session}/login",
+        presence_api.PresenceView.as_view({"post": "login"}),
+        name="session-login",
+    ),
+    path(
+        f"{_session}/logout",
+        presence_api.LogoutView.as_view({"post": "logout"}),
+        name="session-logout",
+    ),
+    path(
+        f"{_session}/heartbeat",
+        presence_api.PresenceView.as_view({"post": "heartbeat"}),
+        name="session-heartbeat",
     ),
 ]

@@ -4,7 +4,8 @@ This is the edge the layers above import. The Python API (``api.py``): ``create`
 ``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
 ``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``truncate``/``atruncate`` and
 ``retention``/``aretention`` (dropping old entries), ``submit_json`` (queue in order, without
-waiting), and ``subscribe`` (``live.py``).
+waiting), ``subscribe`` (``live.py``), and ``revoke`` (``revocation.py``: every live reader of a
+path, in every process, authorizes its user again now).
 What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
 (``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
 with its HTTP status) and ``is_json`` are exported beside them.
@@ -53,6 +54,7 @@ from durable_sessions.streams.live import subscribe
 from durable_sessions.streams.offsets import START, Position, parse_offset
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
 from durable_sessions.streams.retention import Retention
+from durable_sessions.streams.revocation import revoke
 
 __all__ = [
     "START",
@@ -96,6 +98,7 @@ __all__ = [
     "parse_offset",
     "read",
     "retention",
+    "revoke",
     "submit_json",
     "subscribe",
     "truncate",

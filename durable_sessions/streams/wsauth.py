@@ -7,7 +7,8 @@ for ``append`` at the first append frame after each check, and, every
 at the next append frame, or, for a socket that only reads, when the websocket watchdog (one
 timer per event loop, ``ws.py``) finds the check stale and starts it in a task. A user who may
 no longer read (a token deleted, a session ended, a user deactivated, a policy that changed its
-mind) is handed to the socket's ``on_refused``, which closes it.
+mind) is handed to the socket's ``on_refused``, which closes it. A revocation of the path
+(``streams.revoke``, ``revocation.py``) starts that check at once.
 
 The lookup goes through Django's async ORM, never blocking the loop, and sockets showing the
 same credentials share one (``auth.authenticate_again``).
@@ -47,6 +48,7 @@ class SocketAuth:
         self.may_append = False
         self.refused: StreamError | None = None  # why the user may no longer read
         self.rechecking: asyncio.Task | None = None
+        self.again = False  # revoked while a check was under way: check once more after it
 
     async def admit(self, path: str) -> None:
         """Authorize reading ``path`` at the handshake; raises 401/403 (``StreamError``)."""
@@ -85,6 +87,19 @@ class SocketAuth:
 
     def _rechecked(self, task: asyncio.Task) -> None:
         self.rechecking = None
+        if self.again and self.refused is None and not task.cancelled():
+            self.again = False
+            self.start_recheck()
+
+    def revoked(self) -> None:
+        """The path was revoked (``revocation.py``): check the user now, whatever the interval
+        (and once more after a check under way, which may have read the old permissions)."""
+        if self.refused is not None or not self.path:
+            return
+        if self.rechecking is not None:
+            self.again = True
+            return
+        self.start_recheck()
 
     async def recheck(self, ref: Any = None) -> None:
         """Authenticate the user again and ask again whether they may read; if not, refuse
