@@ -21,12 +21,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from durable_sessions import streams
-from durable_sessions.sessions import (
-    schema,  # noqa: F401  (describes the cookie scheme)
-    service,
-)
 from durable_sessions.sessions import serializers as s
+from durable_sessions.sessions import service
 from durable_sessions.sessions.auth import SameOriginSessionAuthentication
+from durable_sessions.sessions.schema import SessionSchema
 
 
 def _valid(serializer_class: type[drf_serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -55,6 +53,7 @@ class SessionAPIView(viewsets.ViewSet):
 
     authentication_classes = [TokenAuthentication, SameOriginSessionAuthentication]
     permission_classes = [IsAuthenticated]
+    schema = SessionSchema()  # declares the errors every view can answer
 
     def handle_exception(self, exc: Exception) -> Response:
         """Errors of the log answer with their own status; 503 says when to retry."""
@@ -72,11 +71,11 @@ class SessionViewSet(SessionAPIView):
 
     lookup_value_regex = "[^/]+"
 
-    @extend_schema(responses=s.SessionOut(many=True))
+    @extend_schema(parameters=[s.SessionsQuery], responses=s.SessionOut(many=True))
     def list(self, request: Request) -> Response:
         """My sessions, most recently active first (``?archived=true``: the archived ones)."""
-        archived = request.query_params.get("archived") == "true"
-        sessions = service.session_list(user=request.user, archived=archived)
+        query = _query(s.SessionsQuery, request)
+        sessions = service.session_list(user=request.user, archived=query["archived"])
         return Response(s.SessionOut(sessions, many=True).data)
 
     @extend_schema(request=s.SessionIn, responses={201: s.SessionOut})
