@@ -75,7 +75,11 @@ TEMPLATES = [
 
 SQLITE_PATH = Path(os.environ.get("DS_SQLITE_PATH", BASE_DIR / "db" / "durable_sessions.sqlite3"))
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    # Connections closed after each request: under ASGI every request's view runs in a thread
+    # of its own, so a kept connection is never reused, and under load they pile up until
+    # Postgres refuses more ("too many clients"; benchmarks/session_messages.py). Django's docs
+    # say so: disable persistent connections under ASGI. (The log has its own connections.)
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 else:
     SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -121,6 +125,8 @@ for _name in ("PRESENCE_TTL", "PRESENCE_GRACE", "PRESENCE_SWEEP_INTERVAL", "AUTH
         DURABLE_SESSIONS[_name] = float(os.environ[f"DS_{_name}"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
+# The benchmarks' own views (project/benchmark_views.py), off unless a benchmark asks.
+BENCHMARK_VIEWS = env_flag("DS_BENCHMARK_VIEWS")
 if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
     # Webhooks to this machine (the conformance suite's receiver): development and tests only.
     DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True

@@ -90,7 +90,7 @@ class ActionsView(SessionAPIView):
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=RegenerateIn, responses=SuccessOut)
+    @extend_schema(request=RegenerateIn, responses={200: SuccessOut})
     def regenerate(self, request: Request, pk: str) -> Response:
         """Ask the session's agent for a new reply to a message."""
         body = _valid(RegenerateIn, request.data)

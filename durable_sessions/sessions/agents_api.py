@@ -74,11 +74,11 @@ class AgentsView(SessionAPIView):
     """The agents registered on a session."""
 
     @extend_schema(responses=AgentsOut)
-    def list(self, request: Request, pk: str) -> Response:
+    def index(self, request: Request, pk: str) -> Response:
         """The agents, without their secrets."""
         return Response({"agents": service.agent_list(user=request.user, session_id=pk)})
 
-    @extend_schema(request=AgentsIn, responses=SuccessOut)
+    @extend_schema(request=AgentsIn, responses={200: SuccessOut})
     def create(self, request: Request, pk: str) -> Response:
         """Register agents (a URL: owners and staff; a Python agent: staff)."""
         body = _valid(AgentsIn, request.data)

@@ -12,21 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status, viewsets
 from rest_framework import serializers as drf_serializers
-from rest_framework import status, viewsets
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from durable_sessions import streams
-from durable_sessions.sessions import (
-    schema,  # noqa: F401  (describes the cookie scheme)
-    service,
-)
+from durable_sessions.sessions import guard, roles, service
 from durable_sessions.sessions import serializers as s
 from durable_sessions.sessions.auth import SameOriginSessionAuthentication
+from durable_sessions.sessions.schema import SessionSchema
 
 
 def _valid(serializer_class: type[drf_serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -55,9 +53,26 @@ class SessionAPIView(viewsets.ViewSet):
 
     authentication_classes = [TokenAuthentication, SameOriginSessionAuthentication]
     permission_classes = [IsAuthenticated]
+    schema = SessionSchema()  # declares the errors every view can answer
+
+    def needed_action(self) -> str:
+        """The role action this view needs at least (reads: ``read``; writes: ``write``)."""
+        return roles.READ if self.request.method in SAFE_METHODS else roles.WRITE
 
     def handle_exception(self, exc: Exception) -> Response:
-        """Errors of the log answer with their own status; 503 says when to retry."""
+        """Errors of the log answer with their own status; 503 says when to retry. A refused
+        body is answered 403/404 instead when the caller may not use this route at all."""
+        if isinstance(exc, exceptions.ValidationError | exceptions.ParseError) and (
+            self.kwargs.get("pk") is not None and self.request.user.is_authenticated
+        ):
+            exc = (
+                guard.refusal(
+                    user=self.request.user,
+                    session_id=self.kwargs["pk"],
+                    action=self.needed_action(),
+                )
+                or exc
+            )
         if isinstance(exc, streams.StreamError):
             response = Response({"detail": str(exc)}, status=exc.status)
         else:
@@ -72,11 +87,11 @@ class SessionViewSet(SessionAPIView):
 
     lookup_value_regex = "[^/]+"
 
-    @extend_schema(responses=s.SessionOut(many=True))
+    @extend_schema(parameters=[s.SessionsQuery], responses=s.SessionOut(many=True))
     def list(self, request: Request) -> Response:
         """My sessions, most recently active first (``?archived=true``: the archived ones)."""
-        archived = request.query_params.get("archived") == "true"
-        sessions = service.session_list(user=request.user, archived=archived)
+        query = _query(s.SessionsQuery, request)
+        sessions = service.session_list(user=request.user, archived=query["archived"])
         return Response(s.SessionOut(sessions, many=True).data)
 
     @extend_schema(request=s.SessionIn, responses={201: s.SessionOut})
@@ -120,7 +135,7 @@ class SessionViewSet(SessionAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(methods=["GET"], parameters=[s.MessagesQuery], responses=s.MessagesOut)
-    @extend_schema(methods=["POST"], request=s.MessageIn, responses=s.MessageOut)
+    @extend_schema(methods=["POST"], request=s.MessageIn, responses={200: s.MessageOut})
     @action(detail=True, methods=["get", "post"])
     def messages(self, request: Request, pk: str) -> Response:
         """GET: a page of the materialized messages. POST: post a message as me."""
@@ -171,6 +186,10 @@ class SessionViewSet(SessionAPIView):
 
 class MemberViewSet(SessionAPIView):
     """One member of a session: change their role, remove them, or leave."""
+
+    def needed_action(self) -> str:
+        """Changing a role is the owners'; anyone who reads may leave."""
+        return roles.READ if self.request.method == "DELETE" else roles.MANAGE
 
     @extend_schema(request=s.MemberPatch, responses=s.MemberOut)
     def partial_update(self, request: Request, pk: str, username: str) -> Response:

@@ -71,3 +71,17 @@ def session_access(*, user: Any, session_id: Any, action: str) -> Access:
     if action != roles.READ and session.archived:
         raise errors.Conflict("the session is archived", code="archived")
     return Access(session, user, role)
+
+
+def refusal(*, user: Any, session_id: Any, action: str) -> errors.SessionError | None:
+    """Why ``user`` may not do ``action`` in the session at all (``NotFound``, ``Forbidden``),
+    or None: the session's state (archived) is not looked at. The API asks it when a body is
+    refused, so that a caller without the role learns that, not what is wrong with the body."""
+    try:
+        session = Session.objects.get(pk=as_uuid(session_id))
+    except (Session.DoesNotExist, errors.NotFound):
+        return errors.NotFound("no such session")
+    staff = bool(getattr(user, "is_staff", False))
+    if not roles.allowed(role_of(user, session), action, staff=staff):
+        return errors.Forbidden(f"your role in this session does not allow {action}")
+    return None

@@ -65,7 +65,7 @@ class LifecycleViewSet(SessionAPIView):
         )
         return Response({"sessionId": str(fork.pk), "offset": "-1"}, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ResetIn, responses=ResetOut)
+    @extend_schema(request=ResetIn, responses={200: ResetOut})
     def reset(self, request: Request, pk: str) -> Response:
         """Reset the session's stream (owners): the reset, then agents and online presence."""
         body = _valid(ResetIn, request.data if request.data else {})

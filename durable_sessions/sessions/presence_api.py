@@ -16,7 +16,7 @@ from rest_framework import exceptions, parsers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from durable_sessions.sessions import service
+from durable_sessions.sessions import roles, service
 from durable_sessions.sessions.api import SessionAPIView, _valid
 from durable_sessions.sessions.presence import MAX_DEVICE_ID
 from durable_sessions.sessions.serializers import (
@@ -89,7 +89,11 @@ class PresenceOut(serializers.Serializer):
 class PresenceView(SessionAPIView):
     """Login and heartbeat of a device in a session."""
 
-    @extend_schema(request=LoginIn, responses=PresenceOut)
+    def needed_action(self) -> str:
+        """Viewers are present too: reading the session is enough."""
+        return roles.READ
+
+    @extend_schema(request=LoginIn, responses={200: PresenceOut})
     def login(self, request: Request, pk: str) -> Response:
         """Log a device of mine in: online, announced on the stream."""
         body = _valid(LoginIn, request.data)
@@ -100,7 +104,7 @@ class PresenceView(SessionAPIView):
             pass  # defaultAgents: registered by agents.register_defaults (agents registry)
         return Response(answer)
 
-    @extend_schema(request=HeartbeatIn, responses=PresenceOut)
+    @extend_schema(request=HeartbeatIn, responses={200: PresenceOut})
     def heartbeat(self, request: Request, pk: str) -> Response:
         """This device of mine is still there; its presence expires ``PRESENCE_TTL`` later."""
         body = _valid(HeartbeatIn, request.data)
@@ -114,9 +118,13 @@ class PresenceView(SessionAPIView):
 class LogoutView(SessionAPIView):
     """Logout, also as ``text/plain`` (``navigator.sendBeacon`` when a page closes)."""
 
+    def needed_action(self) -> str:
+        """Viewers are present too: reading the session is enough."""
+        return roles.READ
+
     parser_classes = [parsers.JSONParser, TextJSONParser]
 
-    @extend_schema(request=LogoutIn, responses=PresenceOut)
+    @extend_schema(request=LogoutIn, responses={200: PresenceOut})
     def logout(self, request: Request, pk: str) -> Response:
         """Log a device of mine out (or all of them): offline, announced on the stream."""
         body = _valid(LogoutIn, request.data)

@@ -101,6 +101,20 @@ class AgentSpecField(serializers.Field):
         return agent_specs.public_spec(value)
 
 
+class ErrorOut(serializers.Serializer):
+    """An error: what went wrong, for people."""
+
+    detail = serializers.CharField()
+
+
+class SessionsQuery(serializers.Serializer):
+    """``GET /v1/sessions/?archived=``."""
+
+    archived = serializers.BooleanField(
+        required=False, default=False, help_text="true: the archived sessions only"
+    )
+
+
 class SessionIn(serializers.Serializer):
     """``PUT /v1/sessions/<id>`` and ``POST /v1/sessions/``: an optional title."""
 

@@ -58,7 +58,7 @@ urlpatterns = [
     # -- agents and actions
     path(
         f"{_session}/agents",
-        agents_api.AgentsView.as_view({"get": "list", "post": "create"}),
+        agents_api.AgentsView.as_view({"get": "index", "post": "create"}),
         name="session-agents",
     ),
     path(

@@ -2,7 +2,8 @@
 // materialized, as the Durable Sessions reference client would see it.
 //
 // Usage: node streamdb.mjs --url URL [--live sse|long-poll] [--headers JSON] [--txid ID]
-//        [--until JSON] [--until-absent JSON] [--post JSON] [--ready-file PATH] [--timeout S]
+//        [--until JSON] [--until-absent JSON] [--post JSON] [--browser ORIGIN]
+//        [--ready-file PATH] [--timeout S]
 //
 //   --url           the stream, e.g. http://127.0.0.1:8000/v1/stream/sessions/<id>
 //   --live          StreamDB's live mode: "sse" or "long-poll" (default "long-poll", which is what
@@ -13,6 +14,11 @@
 //   --until-absent  {"agent": ["a1"], ...}: keys that must be absent before the answer
 //   --post          {"url", "body", "headers"?}: after the first sync, POST this JSON body with
 //                   the stream's headers (and these) as the reference client does, then await
+//   --browser       the page's origin, e.g. http://127.0.0.1:8000: send what a browser adds to a
+//                   same-origin fetch from that page (Node's fetch adds none of it): on every
+//                   request Sec-Fetch-Site: same-origin, Sec-Fetch-Mode: cors and
+//                   Sec-Fetch-Dest: empty; on the POST also Origin (browsers send it on every
+//                   POST). No CSRF header, as the reference client sends none.
 //   --ready-file    a file written once the first sync is done (StreamDB is live from then on)
 //   --timeout       seconds for the whole run (default 20)
 //
@@ -65,6 +71,7 @@ const OPTIONS = {
   until: { type: "string", default: "{}" },
   "until-absent": { type: "string", default: "{}" },
   post: { type: "string" },
+  browser: { type: "string" },
   "ready-file": { type: "string" },
   timeout: { type: "string", default: "20" },
 }
@@ -100,7 +107,13 @@ try {
 }
 if (!args.url) usage("--url is required")
 if (!["sse", "long-poll"].includes(args.live)) usage(`--live must be sse or long-poll`)
-const headers = json("headers", args.headers)
+const browser = args.browser ?? null
+if (browser !== null && !/^https?:\/\/[^/]+$/.test(browser)) {
+  usage("--browser must be an origin (scheme://host[:port])")
+}
+const fetchMetadata =
+  browser === null ? {} : { "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty" }
+const headers = { ...fetchMetadata, ...json("headers", args.headers) }
 const until = keyLists("until", json("until", args.until))
 const untilAbsent = keyLists("until-absent", json("until-absent", args["until-absent"]))
 const post = args.post === undefined ? null : json("post", args.post)
@@ -208,12 +221,18 @@ async function main() {
   if (args["ready-file"]) writeFileSync(args["ready-file"], JSON.stringify({ offset: db.offset }))
 
   if (post !== null) {
+    const sent = {
+      "Content-Type": "application/json",
+      ...headers,
+      ...(browser === null ? {} : { Origin: browser }),
+      ...(post.headers ?? {}),
+    }
     const response = await fetch(post.url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", ...headers, ...(post.headers ?? {}) },
+      headers: sent,
       body: JSON.stringify(post.body),
     })
-    report.post = { status: response.status, body: await response.text() }
+    report.post = { status: response.status, body: await response.text(), headers: sent }
     if (!response.ok) return finish(false, `POST ${post.url} answered ${response.status}: ${report.post.body}`)
   }
 

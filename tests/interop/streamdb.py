@@ -132,6 +132,7 @@ def start_streamdb(
     until: Keys | None = None,
     until_absent: Keys | None = None,
     post: dict[str, Any] | None = None,
+    browser: str | None = None,
     timeout: float = 20.0,
 ) -> StreamDBRun:
     """Start StreamDB on the stream at ``url`` (a full URL, ``.../v1/stream/<path>``).
@@ -139,8 +140,11 @@ def start_streamdb(
     ``live`` is StreamDB's live mode; ``headers`` go on every request (``Cookie``,
     ``Authorization``); ``txid`` is awaited with ``awaitTxId``'s default timeout (5 s) after the
     first sync (and after ``post``: ``{"url", "body", "headers"?}``, a JSON POST sent with
-    ``headers`` as the reference client sends its writes); the answer waits until every key of
-    ``until`` is present and every key of ``until_absent`` absent; ``timeout`` bounds the run.
+    ``headers`` as the reference client sends its writes); ``browser`` is the page's origin: every
+    request then carries the fetch metadata a browser adds to a same-origin fetch
+    (``Sec-Fetch-Site: same-origin``...), and the POST also ``Origin`` (no CSRF header, as the
+    reference client); the answer waits until every key of ``until`` is present and every key
+    of ``until_absent`` absent; ``timeout`` bounds the run.
     """
     args = ["--url", url, "--live", live, "--timeout", str(timeout)]
     args += ["--headers", json.dumps(headers or {})]
@@ -152,6 +156,8 @@ def start_streamdb(
         args += ["--until-absent", json.dumps(until_absent)]
     if post is not None:
         args += ["--post", json.dumps(post)]
+    if browser is not None:
+        args += ["--browser", browser]
     return StreamDBRun(args, timeout)
 
 
@@ -164,13 +170,15 @@ def run_streamdb(
     until: Keys | None = None,
     until_absent: Keys | None = None,
     post: dict[str, Any] | None = None,
+    browser: str | None = None,
     timeout: float = 20.0,
     check: bool = True,
 ) -> dict[str, Any]:
     """Run StreamDB to the end (see ``start_streamdb``) and return its document:
     ``{"ok", "live", "offset", "collections": {"chunk": {key: row}, "presence": ...,
     "agent": ...}, "invalid": [rows that fail the schema], "txid": {"resolved", "ms", ...},
-    "post", "errors", "error"?}``. With ``check``, StreamDBError unless it succeeded."""
+    "post": {"status", "body", "headers"}, "errors", "error"?}``. With ``check``, StreamDBError
+    unless it succeeded."""
     run = start_streamdb(
         url,
         live=live,
@@ -179,6 +187,7 @@ def run_streamdb(
         until=until,
         until_absent=until_absent,
         post=post,
+        browser=browser,
         timeout=timeout,
     )
     try:

@@ -319,6 +319,12 @@ async def test_a_socket_cannot_take_another_users_device(alice, bob, session_id)
         user=alice, session_id=session_id, username="bob", role="member"
     )
     mine = await _socket(alice, session_id, "mine")
+
+    async def registered() -> bool:  # the socket's device is recorded after its handshake
+        device = await sync_to_async(_device)("mine")
+        return device is not None and device.connections == 1
+
+    await eventually(registered, what="alice's socket to hold the device")
     theirs = await _socket(bob, session_id, "mine")
     frames = []
     while True:
