@@ -3,7 +3,7 @@ heartbeat. Thin views over ``presence.py`` through ``service.py``.
 
 ``actorId`` in a body is accepted (the reference client sends it) and ignored: the actor is the
 authenticated user, and the answer names their real actorId. ``defaultAgents`` on login is
-validated (a list of objects) and handed to the agents registry.
+registered through the agents registry, under its rules (``agents.register_defaults``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rest_framework import exceptions, parsers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from durable_sessions.sessions import roles, service
+from durable_sessions.sessions import errors, roles, service
 from durable_sessions.sessions.api import SessionAPIView, _valid
 from durable_sessions.sessions.presence import MAX_DEVICE_ID
 from durable_sessions.sessions.serializers import (
@@ -84,6 +84,9 @@ class PresenceOut(serializers.Serializer):
     actorId = serializers.CharField()
     deviceId = serializers.CharField(allow_null=True)
     status = serializers.CharField()
+    defaultAgentsRefused = serializers.CharField(
+        required=False, help_text="Login only: why the defaultAgents sent were not registered."
+    )
 
 
 class PresenceView(SessionAPIView):
@@ -97,11 +100,22 @@ class PresenceView(SessionAPIView):
     def login(self, request: Request, pk: str) -> Response:
         """Log a device of mine in: online, announced on the stream."""
         body = _valid(LoginIn, request.data)
+        refused = None
+        if body.get("defaultAgents"):
+            # Registered first, under the registry's rules: a malformed spec refuses the login
+            # (400) before anything is written; a role that may not register them (a viewer, a
+            # member adding an agent) does not keep the device out: the answer says why.
+            try:
+                service.register_defaults(
+                    user=request.user, session_id=pk, specs=body["defaultAgents"]
+                )
+            except errors.Forbidden as exc:
+                refused = str(exc.detail)
         answer = service.presence_login(
             user=request.user, session_id=pk, device_id=body["deviceId"], name=body.get("name")
         )
-        if body.get("defaultAgents"):
-            pass  # defaultAgents: registered by agents.register_defaults (agents registry)
+        if refused is not None:
+            answer["defaultAgentsRefused"] = refused
         return Response(answer)
 
     @extend_schema(request=HeartbeatIn, responses={200: PresenceOut})

@@ -126,11 +126,6 @@ def test_non_object_bodies_are_400(as_alice, session_id):
             assert answer.status_code == 400, (path, body, answer.content)
 
 
-def test_default_agents_are_validated_and_accepted(as_alice, session_id):
-    agents = [{"id": "helper", "endpoint": "https://agents.example/helper"}]
-    assert login(as_alice, session_id, deviceId="d", defaultAgents=agents).status_code == 200
-
-
 def test_heartbeat_renews_and_announces_only_changes(as_alice, session_id):
     url = f"/v1/sessions/{session_id}/heartbeat"
     assert as_alice.post(url, {"deviceId": "d"}, format="json").json()["status"] == "online"
@@ -335,3 +330,25 @@ async def test_a_socket_cannot_take_another_users_device(alice, bob, session_id)
     assert message["code"] == 4403
     assert [f["code"] for f in frames if f["event"] == "error"] == ["device_taken"]
     await mine.disconnect()
+
+
+def test_default_agents_on_login_are_registered_under_the_registry_rules(
+    as_alice, as_bob, session_id
+):
+    base = f"/v1/sessions/{session_id}"
+    spec = {"id": "helper", "endpoint": "https://8.8.8.8/chat", "headers": {"k": "v"}}
+    as_alice.post(f"{base}/members", {"username": "bob", "role": "viewer"}, format="json")
+    refused = as_bob.post(
+        f"{base}/login", {"deviceId": "b1", "defaultAgents": [spec]}, format="json"
+    )
+    assert refused.status_code == 200, refused.content
+    assert refused.json()["status"] == "online" and "defaultAgentsRefused" in refused.json()
+    assert as_alice.get(f"{base}/agents").json()["agents"] == []
+    bad = as_alice.post(
+        f"{base}/login", {"deviceId": "a1", "defaultAgents": [{"id": 5}]}, format="json"
+    )
+    assert bad.status_code == 400
+    assert Device.objects.filter(device_id="a1").count() == 0
+    ok = as_alice.post(f"{base}/login", {"deviceId": "a1", "defaultAgents": [spec]}, format="json")
+    assert ok.status_code == 200 and "defaultAgentsRefused" not in ok.json()
+    assert [a["id"] for a in as_alice.get(f"{base}/agents").json()["agents"]] == ["helper"]
