@@ -9,6 +9,7 @@ bad input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -17,10 +18,11 @@ from rest_framework import serializers as drf_serializers
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from durable_sessions import streams
+from durable_sessions import jsontext, streams
 from durable_sessions.sessions import guard, roles, service
 from durable_sessions.sessions import serializers as s
 from durable_sessions.sessions.auth import SameOriginSessionAuthentication
@@ -48,8 +50,29 @@ def session_body(access: service.Access) -> dict[str, Any]:
     return dict(s.SessionOut(session).data)
 
 
+class FastJSONRenderer(JSONRenderer):
+    """REST framework's JSON renderer, writing with orjson (``jsontext.dumps``): a page of 500
+    messages is rendered several times faster. What orjson cannot write goes the usual way."""
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """The JSON text of ``data`` (empty for None, as REST framework does)."""
+        if data is None:
+            return b""
+        try:
+            return jsontext.dumps(data)
+        except (TypeError, ValueError):
+            return super().render(data, accepted_media_type, renderer_context)
+
+
 class SessionAPIView(viewsets.ViewSet):
     """Shared by the session API's views: authentication, permissions, errors."""
+
+    renderer_classes = [FastJSONRenderer]
 
     authentication_classes = [TokenAuthentication, SameOriginSessionAuthentication]
     permission_classes = [IsAuthenticated]

@@ -171,7 +171,7 @@ class MessageOut(serializers.Serializer):
 class MessagesQuery(serializers.Serializer):
     """``GET .../messages?limit=&before=``."""
 
-    limit = serializers.IntegerField(min_value=1, max_value=500, default=50)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=50)
     before = serializers.CharField(required=False, max_length=200)
 
 

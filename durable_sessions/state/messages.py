@@ -19,10 +19,10 @@ string holding a JSON object with a string ``type``): a bad one is refused with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from durable_sessions import jsontext
 from durable_sessions.state.chunks import CHUNK_TYPE, ROLES, chunk_key
 from durable_sessions.state.events import InvalidEvent
 from durable_sessions.state.materialize import State
@@ -148,7 +148,7 @@ def decode_chunk_row(key: str, value: dict[str, Any]) -> dict[str, Any]:
     if key != chunk_key(value["messageId"], seq):
         raise InvalidEvent(f"the chunk row {key!r} is not keyed <messageId>:<seq>")
     try:
-        chunk = json.loads(value["chunk"])
+        chunk = jsontext.loads(value["chunk"])
     except ValueError:
         raise InvalidEvent(f"the chunk of the row {key!r} is not JSON") from None
     if not isinstance(chunk, dict) or not isinstance(chunk.get("type"), str):
@@ -201,7 +201,7 @@ class SessionState(State):
                 self._remove(old["messageId"], old["seq"])
         else:  # the key is <messageId>:<seq>, so a replaced row stays in its message
             decoded = self._decoded
-            chunk = decoded[1] if decoded and decoded[0] == key else json.loads(new["chunk"])
+            chunk = decoded[1] if decoded and decoded[0] == key else jsontext.loads(new["chunk"])
             self._add(new, chunk)
         self._decoded = None
 

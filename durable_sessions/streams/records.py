@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from durable_sessions import jsontext
 from durable_sessions.streams.content import is_json
 from durable_sessions.streams.offsets import Position
 
@@ -168,7 +168,7 @@ class ReadResult:
 
     def messages(self) -> list[Any]:
         """JSON mode: the messages as Python values."""
-        return json.loads(self.body) if self.count else []
+        return jsontext.loads(self.body) if self.count else []
 
 
 @dataclass(frozen=True, slots=True)
