@@ -23,8 +23,9 @@ def loads(text: bytes | str) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON text; ``TypeError`` (or ``ValueError`` for NaN) for what
-    JSON cannot hold."""
+    """``value`` as compact UTF-8 JSON text; ``TypeError`` for what JSON cannot hold. NaN and the
+    infinities, which JSON has no text for, are written ``null`` (orjson's rule): the values
+    this writes come from JSON or from our own code, which holds none."""
     try:
         return orjson.dumps(value)
     except TypeError:  # orjson's refusals (an integer beyond 64 bits...): the standard library
