@@ -1,5 +1,5 @@
-"""The app's configuration: ready() only registers the system checks and the subscriptions'
-worker (which starts with the log's store, on first use)."""
+"""The app's configuration: ready() only registers the system checks, the subscriptions'
+worker (which starts with the log's store, on first use) and the sessions' stream policy."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ class DurableSessionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register the system checks, and the subscriptions' worker beside the log's store
-        (registered only: nothing runs, nothing touches the database, until the log is used)."""
+        """Register the system checks, the subscriptions' worker beside the log's store
+        (registered only: nothing runs, nothing touches the database, until the log is used),
+        and the policy of the ``sessions/`` streams."""
         from durable_sessions import checks  # noqa: F401  (registers the checks)
+        from durable_sessions.sessions import access
         from durable_sessions.streams.subscriptions import worker
 
         worker.install()
+        access.install()

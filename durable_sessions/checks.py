@@ -14,6 +14,8 @@ from django.utils.module_loading import import_string
 from durable_sessions.conf import DEFAULTS, SQLITE_SYNCHRONOUS_VALUES
 
 POSITIVE_NUMBERS = {
+    "SESSION_CACHE_SIZE",
+    "MAX_MESSAGE_CHARS",
     "LONG_POLL_TIMEOUT",
     "SSE_RECONNECT_INTERVAL",
     "WEBSOCKET_SEND_TIMEOUT",
@@ -32,7 +34,7 @@ POSITIVE_NUMBERS = {
     "WEBHOOK_TIMEOUT",
     "WEBHOOK_REPLAY_WINDOW",
 }
-BOOLEANS = {"WEBHOOK_ALLOW_LOOPBACK"}
+BOOLEANS = {"WEBHOOK_ALLOW_LOOPBACK", "AGENT_ALLOW_PRIVATE"}
 PATH_COLUMN_LENGTH = 1024  # Stream.path is a varchar(1024)
 # Python's JSON parser and encoder recurse once per level, within the interpreter's recursion
 # limit (1000 by default) minus the frames already on the stack: stay well below it.
@@ -176,7 +178,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 id="durable_sessions.E021",
             )
         )
+    errors += default_agents_problems(user.get("DEFAULT_AGENTS", []))
     return errors + _policy_problems(user.get("PERMISSION_POLICY", DEFAULTS["PERMISSION_POLICY"]))
+
+
+def default_agents_problems(specs: Any) -> list:
+    """``DEFAULT_AGENTS`` is a list of valid AgentSpecs (their syntax: no name is resolved)."""
+    from durable_sessions.sessions.agent_specs import SpecInvalid, parse
+
+    if not isinstance(specs, list | tuple):
+        problems = [f"DURABLE_SESSIONS['DEFAULT_AGENTS'] is {specs!r}, not a list."]
+    else:
+        problems = []
+        seen: set[str] = set()
+        for index, spec in enumerate(specs):
+            try:
+                agent_id = parse(spec).id
+            except SpecInvalid as exc:
+                problems.append(f"DURABLE_SESSIONS['DEFAULT_AGENTS'][{index}]: {exc.detail}.")
+                continue
+            if agent_id in seen:
+                problems.append(f"DURABLE_SESSIONS['DEFAULT_AGENTS'] names {agent_id!r} twice.")
+            seen.add(agent_id)
+    hint = "A list of AgentSpec dicts: see docs/agents-registry.md."
+    return [Error(problem, hint=hint, id="durable_sessions.E022") for problem in problems]
 
 
 @register("durable_sessions", "database")
@@ -242,6 +267,34 @@ def check_asgi(app_configs: Any = None, **kwargs: Any) -> list:
                 "process until they re-read the database.",
                 hint="Configure channels_redis (REDIS_URL) when you run several processes.",
                 id="durable_sessions.W001",
+            )
+        )
+    return problems
+
+
+SPECTACULAR_SCHEMA = "drf_spectacular.openapi.AutoSchema"
+
+
+@register("durable_sessions", "urls")
+def check_session_api(app_configs: Any = None, **kwargs: Any) -> list:
+    """The session API, when the project routes it, can describe itself (``/v1/schema/``)."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("durable_sessions:schema")
+    except NoReverseMatch:
+        return []  # the project does not serve the session API
+    rest = getattr(settings, "REST_FRAMEWORK", {}) or {}
+    problems = []
+    if "drf_spectacular" not in settings.INSTALLED_APPS or (
+        rest.get("DEFAULT_SCHEMA_CLASS") != SPECTACULAR_SCHEMA
+    ):
+        problems.append(
+            Error(
+                "The session API's OpenAPI schema needs drf-spectacular.",
+                hint=f'Add "drf_spectacular" to INSTALLED_APPS and set REST_FRAMEWORK'
+                f'["DEFAULT_SCHEMA_CLASS"] = "{SPECTACULAR_SCHEMA}".',
+                id="durable_sessions.E023",
             )
         )
     return problems

@@ -68,9 +68,30 @@ DEFAULTS: dict[str, Any] = {
     # Seconds around its timestamp during which receivers accept a webhook signature; a retired
     # signing key stays published in the JWKS this long (and a minute more) after retirement.
     "WEBHOOK_REPLAY_WINDOW": 300.0,
+    # -- sessions
+    # A callable (dotted path) giving a user's public actorId on session streams.
+    "ACTOR_ID": "durable_sessions.sessions.identity.username",
+    # Sessions whose materialized state a process keeps (caught up from where it stood).
+    "SESSION_CACHE_SIZE": 256,
+    # Longest message a user may post, in characters.
+    "MAX_MESSAGE_CHARS": 100_000,
+    # Agents registered on every new session: a list of AgentSpec dicts (docs/agents-registry.md).
+    # They may name Python agents (python:<dotted.path>), which users may not register.
+    "DEFAULT_AGENTS": [],
+    # Whether agent endpoints may point at loopback and private networks (RFC 1918, CGNAT, IPv6
+    # unique local), checked at registration and at connect time. The host project sets it from
+    # DS_AGENT_ALLOW_PRIVATE=1. Link-local (cloud metadata) and multicast stay refused.
+    "AGENT_ALLOW_PRIVATE": False,
+    # Seconds a device stays present without a word (login, heartbeat, an open websocket renews
+    # it); then the presence sweep turns it offline, whichever process saw it last.
+    "PRESENCE_TTL": 60.0,
+    # Seconds a device stays online after its last websocket closed (a reload reconnects).
+    "PRESENCE_GRACE": 10.0,
+    # Seconds between presence sweeps (every process runs one).
+    "PRESENCE_SWEEP_INTERVAL": 2.0,
 }
 
-IMPORT_STRINGS = {"PERMISSION_POLICY"}
+IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}
 SQLITE_SYNCHRONOUS_VALUES = ("FULL", "EXTRA", "NORMAL")
 
 

@@ -1,6 +1,18 @@
 """Django discovers the app's models here; each layer keeps its own in its subpackage."""
 
+from durable_sessions.sessions.models import Agent, Device, Membership, Session
 from durable_sessions.streams.models import Entry, Producer, Stream
 from durable_sessions.streams.subscriptions.models import SigningKey, Subscription, SubscriptionLink
 
-__all__ = ["Entry", "Producer", "SigningKey", "Stream", "Subscription", "SubscriptionLink"]
+__all__ = [
+    "Agent",
+    "Device",
+    "Entry",
+    "Membership",
+    "Producer",
+    "Session",
+    "SigningKey",
+    "Stream",
+    "Subscription",
+    "SubscriptionLink",
+]

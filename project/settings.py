@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "durable_sessions",
 ]
 
@@ -74,7 +75,11 @@ TEMPLATES = [
 
 SQLITE_PATH = Path(os.environ.get("DS_SQLITE_PATH", BASE_DIR / "db" / "durable_sessions.sqlite3"))
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    # Connections closed after each request: under ASGI every request's view runs in a thread
+    # of its own, so a kept connection is never reused, and under load they pile up until
+    # Postgres refuses more ("too many clients"; benchmarks/session_messages.py). Django's docs
+    # say so: disable persistent connections under ASGI. (The log has its own connections.)
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 else:
     SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -115,18 +120,37 @@ if os.environ.get("DS_SUBSCRIPTION_SWEEP_INTERVAL"):
     DURABLE_SESSIONS["SUBSCRIPTION_SWEEP_INTERVAL"] = float(
         os.environ["DS_SUBSCRIPTION_SWEEP_INTERVAL"]
     )
+for _name in ("PRESENCE_TTL", "PRESENCE_GRACE", "PRESENCE_SWEEP_INTERVAL", "AUTH_RECHECK_INTERVAL"):
+    if os.environ.get(f"DS_{_name}"):
+        DURABLE_SESSIONS[_name] = float(os.environ[f"DS_{_name}"])
 if env_flag("DS_PUBLIC_STREAMS"):
     DURABLE_SESSIONS["PERMISSION_POLICY"] = "durable_sessions.streams.permissions.AllowAny"
+# The benchmarks' own views (project/benchmark_views.py), off unless a benchmark asks.
+BENCHMARK_VIEWS = env_flag("DS_BENCHMARK_VIEWS")
 if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
     # Webhooks to this machine (the conformance suite's receiver): development and tests only.
     DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True
+if env_flag("DS_AGENT_ALLOW_PRIVATE"):
+    # Agents on this machine or the private network (a local model server): see
+    # docs/agents-registry.md. Link-local (cloud metadata) and multicast stay refused.
+    DURABLE_SESSIONS["AGENT_ALLOW_PRIVATE"] = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "durable_sessions.sessions.auth.SameOriginSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "durable_sessions",
+    "DESCRIPTION": "Collaborative AI chat sessions on Durable Streams",
+    "VERSION": "1",
+    "ENUM_NAME_OVERRIDES": {
+        "MemberRoleEnum": "durable_sessions.sessions.models.ROLES",
+        "MessageRoleEnum": "durable_sessions.sessions.models.MESSAGE_ROLES",
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

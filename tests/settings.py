@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "durable_sessions",
 ]
 MIDDLEWARE = [
@@ -86,4 +87,23 @@ DURABLE_SESSIONS = {
     "LONG_POLL_TIMEOUT": 1.0,
     "EXPIRY_SWEEP_INTERVAL": 0.5,
     "SUBSCRIPTION_SWEEP_INTERVAL": 0.2,
+}
+if os.environ.get("DS_AGENT_ALLOW_PRIVATE", "").lower() in {"1", "true", "yes", "on"}:
+    DURABLE_SESSIONS["AGENT_ALLOW_PRIVATE"] = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "durable_sessions.sessions.auth.SameOriginSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "durable_sessions",
+    "VERSION": "1",
+    "ENUM_NAME_OVERRIDES": {
+        "MemberRoleEnum": "durable_sessions.sessions.models.ROLES",
+        "MessageRoleEnum": "durable_sessions.sessions.models.MESSAGE_ROLES",
+    },
 }

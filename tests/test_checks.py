@@ -113,3 +113,37 @@ def test_webhook_settings():
         for value in (0, -5, "10", float("inf")):
             with override_settings(DURABLE_SESSIONS={key: value}):
                 assert "durable_sessions.E003" in ids(), (key, value)
+
+
+def test_the_session_api_needs_drf_spectacular(settings):
+    rest = {**settings.REST_FRAMEWORK}
+    del rest["DEFAULT_SCHEMA_CLASS"]
+    with override_settings(REST_FRAMEWORK=rest):
+        assert "durable_sessions.E023" in ids()
+    apps = [app for app in settings.INSTALLED_APPS if app != "drf_spectacular"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert "durable_sessions.E023" in ids()
+    with override_settings(ROOT_URLCONF="tests.urls_streams_only"):  # no session API routed
+        assert "durable_sessions.E023" not in ids()
+
+
+def test_agent_settings():
+    for value in ("1", 1, None):
+        with override_settings(DURABLE_SESSIONS={"AGENT_ALLOW_PRIVATE": value}):
+            assert "durable_sessions.E020" in ids(), value
+    with override_settings(DURABLE_SESSIONS={"AGENT_ALLOW_PRIVATE": True}):
+        assert ids() == set()
+    good = {"id": "house", "endpoint": "python:myproject.agents.echo"}
+    for value in (
+        {"id": "house"},
+        [{"id": "house", "endpoint": "ftp://x/"}],
+        [{"id": 1, "endpoint": "https://8.8.8.8/"}],
+        ["python:myproject.agents.echo"],
+        [good, good],
+    ):
+        with override_settings(DURABLE_SESSIONS={"DEFAULT_AGENTS": value}):
+            assert "durable_sessions.E022" in ids(), value
+    # the check resolves nothing: a private URL is refused when a session is created
+    specs = [good, {"id": "lan", "endpoint": "https://10.0.0.1/"}]
+    with override_settings(DURABLE_SESSIONS={"DEFAULT_AGENTS": specs}):
+        assert ids() == set()

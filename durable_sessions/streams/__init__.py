@@ -2,7 +2,10 @@
 
 This is the edge the layers above import. The Python API (``api.py``): ``create``/``acreate``,
 ``fork``/``afork``, ``append``/``aappend``, ``append_json``/``aappend_json``, ``close``/``aclose``,
-``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, and ``subscribe`` (``live.py``).
+``delete``/``adelete``, ``read``/``aread``, ``info``/``ainfo``, ``truncate``/``atruncate`` and
+``retention``/``aretention`` (dropping old entries), ``submit_json`` (queue in order, without
+waiting), ``subscribe`` (``live.py``), and ``revoke`` (``revocation.py``: every live reader of a
+path, in every process, authorizes its user again now).
 What they return (``Created``, ``Appended``, ``ReadResult``, ``StreamInfo``), the offsets
 (``Position``, ``START``, ``parse_offset``), the errors (``StreamError`` and its subclasses, each
 with its HTTP status) and ``is_json`` are exported beside them.
@@ -19,12 +22,17 @@ from durable_sessions.streams.api import (
     append,
     append_json,
     aread,
+    aretention,
+    atruncate,
     close,
     create,
     delete,
     fork,
     info,
     read,
+    retention,
+    submit_json,
+    truncate,
 )
 from durable_sessions.streams.commit import ProducerKey
 from durable_sessions.streams.content import is_json
@@ -45,6 +53,8 @@ from durable_sessions.streams.errors import (
 from durable_sessions.streams.live import subscribe
 from durable_sessions.streams.offsets import START, Position, parse_offset
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
+from durable_sessions.streams.retention import Retention
+from durable_sessions.streams.revocation import revoke
 
 __all__ = [
     "START",
@@ -59,6 +69,7 @@ __all__ = [
     "Position",
     "ProducerKey",
     "ReadResult",
+    "Retention",
     "StaleProducerEpoch",
     "StreamClosed",
     "StreamError",
@@ -76,6 +87,8 @@ __all__ = [
     "append",
     "append_json",
     "aread",
+    "aretention",
+    "atruncate",
     "close",
     "create",
     "delete",
@@ -84,5 +97,9 @@ __all__ = [
     "is_json",
     "parse_offset",
     "read",
+    "retention",
+    "revoke",
+    "submit_json",
     "subscribe",
+    "truncate",
 ]

@@ -17,17 +17,20 @@ The same rules as over HTTP apply (paths, sizes, content types, producers), with
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import reads
 from durable_sessions.streams.commit import AppendOp, ProducerKey
 from durable_sessions.streams.content import Payload, json_payload
+from durable_sessions.streams.errors import BadRequest
 from durable_sessions.streams.lifecycle import CreateOp, DeleteOp
 from durable_sessions.streams.offsets import NOW, Position, parse_read_offset
 from durable_sessions.streams.records import Appended, Created, ReadResult, StreamInfo
+from durable_sessions.streams.retention import Retention, TruncateOp, retention_info
 from durable_sessions.streams.store import check_path, get_store
 
 Data = bytes | str
@@ -56,8 +59,10 @@ def _create_op(
     fork_from: str | None = None,
     fork_offset: str | Position | None = None,
     fork_sub_offset: int = 0,
+    producers: Mapping[str, tuple[int, int]] | None = None,
 ) -> CreateOp:
     offset = None if fork_offset is None else position(fork_offset)
+    states = tuple((pid, *state) for pid, state in (producers or {}).items())
     return CreateOp(
         path,
         content_type,
@@ -68,6 +73,7 @@ def _create_op(
         fork_from,
         offset,
         fork_sub_offset,
+        states,
     )
 
 
@@ -78,9 +84,11 @@ def _append_op(
     close: bool,
     seq: str | None,
     producer: ProducerKey | None,
+    expect_tail: str | Position | None = None,
 ) -> AppendOp:
     if isinstance(data, Payload):
-        return AppendOp(path, data, content_type, close, seq, producer)
+        tail = None if expect_tail is None else position(expect_tail)
+        return AppendOp(path, data, content_type, close, seq, producer, expect_tail=tail)
     raw = _bytes(data)
     return AppendOp(path, None, content_type, close, seq, producer, raw=raw or None)
 
@@ -141,9 +149,12 @@ def fork(
     ttl: int | None = None,
     expires_at: float | None = None,
     closed: bool = False,
+    producers: Mapping[str, tuple[int, int]] | None = None,
 ) -> Created:
     """Fork ``source`` into a new stream at ``path``. See ``afork``."""
-    op = _create_op(path, content_type, data, ttl, expires_at, closed, source, offset, sub_offset)
+    op = _create_op(
+        path, content_type, data, ttl, expires_at, closed, source, offset, sub_offset, producers
+    )
     return get_store().write_sync(op)
 
 
@@ -158,15 +169,20 @@ async def afork(
     ttl: int | None = None,
     expires_at: float | None = None,
     closed: bool = False,
+    producers: Mapping[str, tuple[int, int]] | None = None,
 ) -> Created:
     """Create ``path`` as a fork of ``source``: it reads ``source`` up to ``offset`` (default:
-    its tail), then its own entries.
+    its tail; ``-1``: its first retained position), then its own entries.
 
     ``sub_offset`` keeps only the first messages (JSON) or bytes of the entry at ``offset``.
-    The other options are ``acreate``'s; the content type must be the source's, and the TTL
-    defaults to the source's.
+    ``producers`` (``{producer id: (epoch, last seq)}``) are idempotent producer states the
+    fork starts with, so a producer of the source continues in the fork where its data there
+    stops. The other options are ``acreate``'s; the content type must be the source's, and the
+    TTL defaults to the source's.
     """
-    op = _create_op(path, content_type, data, ttl, expires_at, closed, source, offset, sub_offset)
+    op = _create_op(
+        path, content_type, data, ttl, expires_at, closed, source, offset, sub_offset, producers
+    )
     return await get_store().write(op)
 
 
@@ -212,9 +228,12 @@ def append_json(
     close: bool = False,
     seq: str | None = None,
     producer: ProducerKey | None = None,
+    expect_tail: str | Position | None = None,
 ) -> Appended:
     """Append JSON messages to a JSON stream. See ``aappend_json``."""
-    op = _append_op(path, _messages(messages), "application/json", close, seq, producer)
+    op = _append_op(
+        path, _messages(messages), "application/json", close, seq, producer, expect_tail
+    )
     return get_store().write_sync(op)
 
 
@@ -225,14 +244,39 @@ async def aappend_json(
     close: bool = False,
     seq: str | None = None,
     producer: ProducerKey | None = None,
+    expect_tail: str | Position | None = None,
 ) -> Appended:
     """Append ``messages`` (Python values, one message each, in one entry) to a JSON stream.
 
-    ``ValueError`` when there are none; ``BadRequest`` for a value JSON cannot hold. The other
-    options are ``aappend``'s.
+    ``ValueError`` when there are none; ``BadRequest`` for a value JSON cannot hold.
+    ``expect_tail`` makes the append conditional: it is refused (``Conflict``, code
+    ``tail_moved``) unless the stream's tail is that offset, so the entry lands exactly there.
+    The other options are ``aappend``'s.
     """
-    op = _append_op(path, _messages(messages), "application/json", close, seq, producer)
+    op = _append_op(
+        path, _messages(messages), "application/json", close, seq, producer, expect_tail
+    )
     return await get_store().write(op)
+
+
+def submit_json(
+    path: str,
+    messages: Iterable[Any],
+    *,
+    producer: ProducerKey | None = None,
+    expect_tail: str | Position | None = None,
+) -> concurrent.futures.Future[Appended]:
+    """Queue an append of JSON ``messages`` and return at once, with a future of its result.
+
+    For callers that must fix the order of their appends without waiting for each commit:
+    appends queued to one stream from one process commit in the order they were queued (a
+    stream always has the same writer), and consecutive ones share a commit. The checks of
+    ``append_json`` run before anything is queued, and raise here.
+    """
+    op = _append_op(
+        path, _messages(messages), "application/json", False, None, producer, expect_tail
+    )
+    return get_store().submit_sync(op)
 
 
 def close(path: str, *, producer: ProducerKey | None = None) -> Appended:
@@ -283,3 +327,41 @@ def info(path: str) -> StreamInfo:
 async def ainfo(path: str) -> StreamInfo:
     """The metadata of ``path``: content type, tail, closed, TTL (does not renew the TTL)."""
     return await get_store().run_read(reads.info, check_path(path), time.time())
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def _before(before: str | Position) -> Position:
+    at = position(before)
+    if at is None:
+        raise BadRequest("truncate needs an offset, not now", code="invalid_offset")
+    return at
+
+
+def truncate(path: str, *, before: str | Position) -> Position:
+    """Drop the entries of ``path`` before ``before``. See ``atruncate``."""
+    return get_store().write_sync(TruncateOp(path, _before(before)))
+
+
+async def atruncate(path: str, *, before: str | Position) -> Position:
+    """Drop the entries of ``path`` before the offset ``before``, and return the first retained
+    position (``retention.py``).
+
+    Offsets do not move: a read from ``-1`` then starts at ``before``, a read from an earlier
+    offset is ``StreamGone`` (410). ``BadRequest`` for an offset that is not a position of the
+    stream (malformed, beyond its tail); ``Conflict`` when a fork still reads an entry before
+    it. An offset at or before the first retained position changes nothing.
+    """
+    return await get_store().write(TruncateOp(path, _before(before)))
+
+
+def retention(path: str) -> Retention:
+    """What ``path`` retains. See ``aretention``."""
+    return get_store().run_read_sync(retention_info, check_path(path), time.time())
+
+
+async def aretention(path: str) -> Retention:
+    """What ``path`` retains: its first retained position, its tail, and the lowest entry a
+    fork still reads from it (``Retention.pinned``; truncating past it is refused)."""
+    return await get_store().run_read(retention_info, check_path(path), time.time())

@@ -30,6 +30,7 @@ from durable_sessions.streams.errors import (
     StreamGone,
     StreamNotFound,
 )
+from durable_sessions.streams.offsets import Position
 from durable_sessions.streams.records import Appended, Notice, StoredEntry, StreamRow
 
 ProducerKey = tuple[str, int, int]  # (producer id, epoch, seq)
@@ -51,6 +52,7 @@ class AppendOp:
     producer: ProducerKey | None = None
     error: StreamError | None = None
     raw: bytes | None = None  # a body to parse once the stream's content type is known
+    expect_tail: Position | None = None  # refused (409 tail_moved) unless the tail is there
 
     @property
     def size(self) -> int:
@@ -171,6 +173,8 @@ def _apply_one(op: AppendOp, row: StreamRow | None, batch: _Batch, now: float) -
         op.payload, op.raw = body_payload(op.raw, row.content_type, creating=False), None
     if op.payload is None and not op.close:
         raise BadRequest("empty append body", code="empty_body")
+    if op.expect_tail is not None and row.tail != op.expect_tail:
+        raise Conflict(f"the stream's tail is {row.tail}, not {op.expect_tail}", code="tail_moved")
     duplicate, accepted_seq = (False, 0)
     if producer is not None:
         duplicate, accepted_seq = _check_producer(row, producer, batch)

@@ -33,7 +33,8 @@ PRODUCER = "durable_sessions_producer"
 STREAM_COLUMNS = (
     "id, path, content_type, tail_seq, tail_bytes, last_stream_seq, closed, "
     "closed_by_producer, closed_by_epoch, closed_by_seq, ttl_seconds, expires_at, "
-    "touched_at, deleted, source_id, fork_seq, fork_offset, fork_sub_offset, created_at"
+    "touched_at, deleted, source_id, fork_seq, fork_offset, fork_sub_offset, created_at, "
+    "first_seq, first_bytes"
 )
 
 try:  # psycopg is a dependency, but SQLite-only deployments work without its C parts.

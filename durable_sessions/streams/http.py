@@ -8,6 +8,7 @@ response plumbing, CORS and browser headers are in ``httpio.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -40,9 +41,10 @@ from durable_sessions.streams.permissions import (
     DELETE,
     READ,
     AllowAny,
-    permission_policy,
+    policy_for,
 )
 from durable_sessions.streams.records import ReadResult, StreamInfo
+from durable_sessions.streams.revocation import Recheck
 from durable_sessions.streams.sse import event_stream
 from durable_sessions.streams.store import get_store
 from durable_sessions.streams.subscriptions import routes
@@ -106,7 +108,7 @@ def cache_control(result: ReadResult) -> str:
     """
     if result.up_to_date and not result.closed:
         return "no-cache"
-    public = isinstance(permission_policy(), AllowAny)
+    public = isinstance(policy_for(result.info.path), AllowAny)
     return f"{'public' if public else 'private'}, {CATCH_UP_CACHE}"
 
 
@@ -285,7 +287,7 @@ async def long_poll(request: Request, extra: list[tuple[str, str]], start: Any) 
     async with Follower(request.path, None if start == NOW else start) as follower:
         result = await follower.next(None)
         if not result.count and not result.closed:
-            result = await follower.next(ds_settings.LONG_POLL_TIMEOUT) or result
+            result = await _wait(request, follower) or result
         cursor = next_cursor(request.param("cursor"))
         if result.count:
             headers = [
@@ -306,6 +308,24 @@ async def long_poll(request: Request, extra: list[tuple[str, str]], start: Any) 
         ]
         headers.append(("stream-closed", "true") if result.closed else ("stream-cursor", cursor))
         await respond(request.send, 204, headers)
+
+
+async def _wait(request: Request, follower: Follower) -> ReadResult | None:
+    """The long-poll's wait for data; 401/403 at once if the path is revoked for the user."""
+    waiting = asyncio.ensure_future(follower.next(ds_settings.LONG_POLL_TIMEOUT))
+    refusals: list[StreamError] = []
+
+    def refused(error: StreamError) -> None:
+        refusals.append(error)
+        waiting.cancel()
+
+    with Recheck(request.caller, request.path, refused):
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if refusals:
+                raise refusals[0] from None
+            raise
 
 
 HANDLERS = {

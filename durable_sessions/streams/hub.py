@@ -10,17 +10,24 @@ them out in memory. Changes committed by other processes arrive through the chan
 A subscription's queue is bounded. A reader that falls behind is not allowed to hold memory or
 slow anyone down: its queue is dropped and it re-reads the database. A reader that heard
 nothing for ``LIVE_RECHECK_INTERVAL`` re-reads it too (one timer per hub wakes them).
+
+A live reader that authorized its user may also register for revocations of its path
+(``on_revoke``): ``streams.revoke(path)`` (``revocation.py``) reaches every hub of every process,
+and each calls its readers back to authorize the user again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams import relay
 from durable_sessions.streams.records import Notice
+
+logger = logging.getLogger("durable_sessions.streams.hub")
 
 # Notices a subscription keeps before it gives up on them and re-reads the database.
 SUBSCRIPTION_QUEUE_LIMIT = 256
@@ -126,6 +133,7 @@ class Hub:
         self._link: relay.HubLink | None = None
         self._link_checked = False
         self._ticking = False
+        self._revocable: dict[str, set[Callable[[], None]]] = {}
 
     def _linked(self) -> relay.HubLink | None:
         if not self._link_checked:
@@ -213,6 +221,27 @@ class Hub:
             for subscription in tuple(self._subscriptions.get(stream_id, ())):
                 subscription.offer(stream_notices, now)
 
+    def on_revoke(self, path: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Have ``callback()`` called (on the loop) when ``path`` is revoked (``revocation.py``):
+        a live reader re-authorizes its user then. Returns the function that unregisters it."""
+        callbacks = self._revocable.setdefault(path, set())
+        callbacks.add(callback)
+
+        def forget() -> None:
+            callbacks.discard(callback)
+            if not callbacks and self._revocable.get(path) is callbacks:
+                del self._revocable[path]
+
+        return forget
+
+    def revoke(self, path: str) -> None:
+        """Make every live reader of ``path`` on this loop re-authorize its user now."""
+        for callback in tuple(self._revocable.get(path, ())):
+            try:
+                callback()
+            except Exception:  # one reader's failure must not spare the others
+                logger.exception("re-authorizing a reader of %s failed", path)
+
     def subscriber_count(self) -> int:
         """How many live readers this loop has, over all streams."""
         return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
@@ -230,6 +259,15 @@ def get_hub() -> Hub:
             del _hubs[stale]
         hub = _hubs[loop] = Hub(loop)
     return hub
+
+
+def revoke_local(path: str) -> None:
+    """From any thread: every hub of this process re-authorizes the live readers of ``path``."""
+    for loop, hub in list(_hubs.items()):
+        try:
+            loop.call_soon_threadsafe(hub.revoke, path)
+        except RuntimeError:  # closed loop
+            _hubs.pop(loop, None)
 
 
 class LocalPublisher:

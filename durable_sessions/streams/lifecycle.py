@@ -3,6 +3,8 @@
 A fork records its source and the sequence number where it diverges; reads stitch the source's
 entries below that point (``reads.segments``). With a sub-offset, the fork keeps only a prefix of
 the source's entry at the fork offset: that prefix is copied into the fork as its first own entry.
+A fork starts at its source's first retained position, and may start with producer states (it
+continues the source's producers where its data stops).
 
 Deleting a stream that forks still read from only marks it deleted (410 from then on, its path
 blocked); it is removed with its data when its last fork goes, and that removal cascades up the
@@ -44,7 +46,7 @@ from durable_sessions.streams.errors import (
     StreamGone,
     StreamNotFound,
 )
-from durable_sessions.streams.offsets import Position
+from durable_sessions.streams.offsets import START, Position
 from durable_sessions.streams.records import Created, Notice, StreamInfo, StreamRow
 
 
@@ -61,6 +63,7 @@ class CreateOp:
     fork_from: str | None = None
     fork_offset: Position | None = None
     fork_sub_offset: int = 0
+    producers: tuple[tuple[str, int, int], ...] = ()  # (id, epoch, last seq) a fork starts with
 
 
 @dataclass(slots=True)
@@ -229,7 +232,11 @@ def _fork_point(
         if op.fork_sub_offset:
             raise BadRequest("Stream-Fork-Sub-Offset needs Stream-Fork-Offset", code="invalid_fork")
         return source.tail, None
-    point = op.fork_offset
+    point = source.first if op.fork_offset == START else op.fork_offset
+    if point.seq < source.first_seq:
+        raise BadRequest(
+            "Stream-Fork-Offset is before the source's retained data", code="invalid_fork"
+        )
     if point.seq > source.tail_seq:
         raise BadRequest("Stream-Fork-Offset is beyond the source's tail", code="invalid_fork")
     if reads.position_bytes(db, cur, source, point.seq) != point.bytes:
@@ -301,8 +308,8 @@ def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, l
         db.sql(
             f"INSERT INTO {STREAM} (path, content_type, created_at, touched_at, ttl_seconds,"
             " expires_at, tail_seq, tail_bytes, closed, source_id, fork_seq, fork_offset,"
-            " fork_sub_offset, deleted) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " fork_sub_offset, deleted, first_seq, first_bytes) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (path) DO NOTHING RETURNING id"
         ),
         [
@@ -320,6 +327,7 @@ def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, l
             str(op.fork_offset or point) if source else "",
             op.fork_sub_offset,
             False,
+            *((source.first_seq, source.first_bytes) if source else (0, 0)),
         ],
     )
     inserted = cur.fetchone()
@@ -333,6 +341,14 @@ def create(db: Database, cur: Any, op: CreateOp, now: float) -> tuple[Created, l
                 " (%s, %s, %s, %s, %s)"
             ),
             [(stream_id, *entry) for entry in entries],
+        )
+    if op.producers and source is not None:
+        cur.executemany(
+            db.sql(
+                f"INSERT INTO {PRODUCER} (stream_id, producer_id, epoch, last_seq, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s)"
+            ),
+            [(stream_id, pid, epoch, seq, now) for pid, epoch, seq in op.producers],
         )
     info = StreamInfo(stream_id, op.path, content_type, tail, op.closed, ttl_seconds, expires_at)
     return Created(info, created=True), notices

@@ -29,7 +29,8 @@ class Stream(models.Model):
     ``tail_seq``/``tail_bytes`` are the position after the last entry: the next append gets
     ``seq = tail_seq``. A fork reads entries below ``fork_seq`` from ``source`` (recursively) and
     owns the entries from ``fork_seq`` on. A soft-deleted stream (``deleted``) is kept only because
-    forks still read from it.
+    forks still read from it. ``first_seq``/``first_bytes`` are the first retained position: the
+    entries before it were dropped (``streams.truncate``), a read from the start begins there.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -53,6 +54,8 @@ class Stream(models.Model):
     fork_offset = models.CharField(max_length=64, blank=True, default="")
     fork_sub_offset = models.BigIntegerField(default=0)
     deleted = models.BooleanField(default=False)
+    first_seq = models.BigIntegerField(default=0, db_default=0)
+    first_bytes = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "durable_sessions_stream"

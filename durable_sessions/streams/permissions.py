@@ -10,6 +10,9 @@ Actions: ``read`` (GET, HEAD, live reads, the source of a fork), ``create`` (PUT
 (POST: appends and closes), ``delete`` (DELETE), and for subscriptions (``subscriptions/``)
 ``subscribe`` (create, read, delete one, change its streams) and ``claim`` (take a pull-wake
 lease), both on the path ``__ds/subscriptions/<id>``.
+
+A layer above may claim a prefix (``claim_prefix``): its policy then governs those paths
+instead of the configured one.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class ReadAuthenticatedWriteStaff(BasePermission):
 
 
 _policy: tuple[type, Any] | None = None
+_claimed: dict[str, BasePermission] = {}
 
 
 def permission_policy() -> BasePermission:
@@ -96,6 +100,23 @@ def permission_policy() -> BasePermission:
     if _policy is None or _policy[0] is not cls:
         _policy = (cls, cls())
     return _policy[1]
+
+
+def claim_prefix(prefix: str, policy: BasePermission) -> None:
+    """Let ``policy`` alone govern every path that starts with ``prefix`` (which ends with
+    ``/``), whatever ``PERMISSION_POLICY`` says: a layer above that owns those streams (the
+    sessions own ``sessions/``) decides who reads and writes them. Claiming again replaces."""
+    if not prefix.endswith("/"):
+        raise ValueError("a claimed prefix ends with '/'")
+    _claimed[prefix] = policy
+
+
+def policy_for(path: str) -> BasePermission:
+    """The policy that governs ``path``: the claim of its prefix, else the configured one."""
+    for prefix, policy in _claimed.items():
+        if path.startswith(prefix):
+            return policy
+    return permission_policy()
 
 
 class Caller:
@@ -122,7 +143,7 @@ class Caller:
 
     async def authorize(self, action: str, path: str) -> None:
         """Return if allowed; raise ``NotAuthenticated`` (401) or ``PermissionDenied`` (403)."""
-        policy = permission_policy()
+        policy = policy_for(path)
         if isinstance(policy, AllowAny):
             return
         if self.user is None:

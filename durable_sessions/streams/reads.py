@@ -13,7 +13,7 @@ from typing import Any
 from durable_sessions.streams.content import is_json
 from durable_sessions.streams.db import ENTRY, STREAM, STREAM_COLUMNS, Database
 from durable_sessions.streams.errors import BadRequest, StreamGone, StreamNotFound
-from durable_sessions.streams.offsets import Position
+from durable_sessions.streams.offsets import START, Position
 from durable_sessions.streams.records import ReadResult, StoredEntry, StreamInfo, StreamRow
 
 # Most entries one read returns, whatever their size (bounds memory for tiny entries).
@@ -169,7 +169,10 @@ def entry_at(db: Database, cur: Any, row: StreamRow, seq: int) -> StoredEntry | 
 
 
 def position_bytes(db: Database, cur: Any, row: StreamRow, seq: int) -> int:
-    """The byte position before entry ``seq`` of ``row``'s log."""
+    """The byte position before entry ``seq`` of ``row``'s log (at or after its first retained
+    position: the entries before that may be gone)."""
+    if seq == row.first_seq:
+        return row.first_bytes
     if seq == 0:
         return 0
     if seq == row.tail_seq:
@@ -204,13 +207,19 @@ def renewal_due(row: StreamRow, now: float) -> bool:
 
 
 def check_start(db: Database, cur: Any, row: StreamRow, start: Position) -> None:
-    """Refuse a read offset that names no position of ``row``'s log (400).
+    """Refuse a read offset that names no position of ``row``'s log (400), or one before its
+    retained data (410: those entries were dropped, see ``retention.truncate``).
 
     Both halves of an offset are checked, as for a fork offset: a made-up byte count beside a
     real sequence number is not a position of this stream.
     """
     if start.seq > row.tail_seq:
         raise BadRequest("offset is beyond the end of the stream", code="offset_beyond_tail")
+    if start.seq < row.first_seq:
+        raise StreamGone(
+            f"offset {start} is before the retained data, which starts at {row.first}",
+            code="before_retained",
+        )
     if position_bytes(db, cur, row, start.seq) != start.bytes:
         raise BadRequest(f"offset {start} is not a position of this stream", code="invalid_offset")
 
@@ -218,7 +227,8 @@ def check_start(db: Database, cur: Any, row: StreamRow, start: Position) -> None
 def read(
     db: Database, cur: Any, path: str, start: Position | None, max_bytes: int, now: float
 ) -> tuple[ReadResult, bool]:
-    """A catch-up read of ``path`` from ``start`` (None: from the tail, ``offset=now``).
+    """A catch-up read of ``path`` from ``start`` (None: from the tail, ``offset=now``; the
+    start, ``-1``, is the first retained position).
 
     Returns the result and whether the read should renew the stream's TTL (``renewal_due``):
     readers never write; the store hands the renewal to the writer.
@@ -226,6 +236,8 @@ def read(
     row = live_row(db, cur, path, now)
     if start is None:
         start = row.tail
+    elif start == START:  # the start of the stream is its first retained position
+        start = row.first
     else:
         check_start(db, cur, row, start)
     data, count, position = b"", 0, start

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from durable_sessions import jsontext
 from durable_sessions.streams.content import is_json
 from durable_sessions.streams.offsets import Position
 
@@ -33,6 +33,8 @@ class StreamRow:
     fork_offset: str
     fork_sub_offset: int
     created_at: float
+    first_seq: int = 0
+    first_bytes: int = 0
 
     @classmethod
     def from_db(cls, row: tuple) -> StreamRow:
@@ -46,6 +48,11 @@ class StreamRow:
     def tail(self) -> Position:
         """The position after the last entry."""
         return Position(self.tail_seq, self.tail_bytes)
+
+    @property
+    def first(self) -> Position:
+        """The first retained position (the start, unless entries before it were dropped)."""
+        return Position(self.first_seq, self.first_bytes)
 
     def expired(self, now: float) -> bool:
         """Whether the TTL or the absolute expiry has passed."""
@@ -161,7 +168,7 @@ class ReadResult:
 
     def messages(self) -> list[Any]:
         """JSON mode: the messages as Python values."""
-        return json.loads(self.body) if self.count else []
+        return jsontext.loads(self.body) if self.count else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,9 @@ the group ``ds.hub`` (when it starts following one, and again every ``ANNOUNCE_I
 process's ``Relay`` remembers them for ``INTEREST_TTL``. A relay that starts asks everyone to
 announce.
 
+Revocations (``revocation.py``) travel on ``ds.hub`` too: every hub re-authorizes the live
+readers of the path named.
+
 The channel layer delivers at most once: a lost, late or dropped message costs latency, never
 data. Readers notice gaps by sequence number and re-read the database; when the layer fails (a
 Redis restart), every local reader re-reads the database and the link re-subscribes.
@@ -45,6 +48,7 @@ CONTROL_GROUP = "ds.hub"
 NOTICE = "ds.notice"
 INTEREST = "ds.interest"
 QUERY = "ds.query"
+REVOKE = "ds.revoke"  # {"p": path}: every hub re-authorizes the live readers of that path
 ANNOUNCE_INTERVAL = 20.0
 RECEIVE_SLICE = 1.0
 INTEREST_TTL = 60.0
@@ -131,6 +135,7 @@ class Relay:
         self.alias = alias
         self.remote: dict[int, float] = {}  # stream id -> until when another process follows it
         self._pending: list[Notice] = []
+        self._controls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -153,6 +158,16 @@ class Relay:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
 
+    def send_revoke(self, path: str) -> None:
+        """Ask every other process to re-authorize the live readers of ``path`` (any thread).
+        At most once, like every message on the layer (see ``revocation.py``)."""
+        if not self.enabled or self._loop is None:
+            return
+        with self._lock:
+            self._controls.append({"type": REVOKE, "o": ORIGIN, "p": path})
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+
     # -- the relay thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -171,6 +186,7 @@ class Relay:
             self._wake.clear()
             with self._lock:
                 pending, self._pending = self._pending, []
+                controls, self._controls = self._controls, []
             by_stream: dict[int, list[Notice]] = {}
             for notice in pending:
                 by_stream.setdefault(notice.stream_id, []).append(notice)
@@ -178,6 +194,7 @@ class Relay:
                 layer.group_send(stream_group(sid), encode(sid, notices))
                 for sid, notices in by_stream.items()
             ]
+            sends += [layer.group_send(CONTROL_GROUP, message) for message in controls]
             for outcome in await asyncio.gather(*sends, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     logger.warning("could not relay a notice: %r", outcome)
@@ -251,6 +268,9 @@ class LocalReaders(Protocol):
 
     def resync(self) -> None:
         """Make every local reader read the database (notices may have been lost)."""
+
+    def revoke(self, path: str) -> None:
+        """Make the local readers of ``path`` authorize their users again."""
 
 
 class HubLink:
@@ -334,6 +354,8 @@ class HubLink:
                     kind = message.get("type")
                     if kind == NOTICE and message.get("o") != ORIGIN:
                         self.hub.deliver([decode(message)])
+                    elif kind == REVOKE and message.get("o") != ORIGIN:
+                        self.hub.revoke(str(message.get("p")))
                     elif kind == QUERY and message.get("o") != ORIGIN and self._joined:
                         await self.layer.group_send(
                             CONTROL_GROUP,

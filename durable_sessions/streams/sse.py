@@ -6,7 +6,8 @@ carry their bytes as text, every line behind its own ``data:`` so no payload can
 boundary; other streams carry base64. The response ends after the control event that reports
 the end of a closed stream, or after ``SSE_RECONNECT_INTERVAL`` seconds (the client reconnects
 from the last ``streamNextOffset``). A comment line is sent after a quiet spell so that proxies
-keep the connection open.
+keep the connection open. A revocation of the path (``revocation.py``) that the user no longer
+passes ends the response at once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import NOW, current_cursor, next_cursor
 from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.render import RenderCache, batch_key
+from durable_sessions.streams.revocation import Recheck
 
 logger = logging.getLogger("durable_sessions.streams.sse")
 
@@ -76,11 +78,19 @@ async def _watch_disconnect(request: Request) -> None:
 
 
 async def event_stream(request: Request, extra: list[tuple[str, str]], start: Any) -> None:
-    """Serve ``GET ...?live=sse``."""
+    """Serve ``GET ...?live=sse`` (ended at once if the path is revoked for the user)."""
     response = _EventStream(request, start)
+    with Recheck(request.caller, request.path, response.refused):
+        await _serve(response, extra)
+
+
+async def _serve(response: _EventStream, extra: list[tuple[str, str]]) -> None:
+    request = response.request
     follower = response.follower
     try:
         first = await follower.next(None)
+        if response.refusal is not None:  # revoked during the first read: nothing was sent
+            raise response.refusal
     except BaseException:
         follower.close()
         raise
@@ -103,6 +113,8 @@ async def event_stream(request: Request, extra: list[tuple[str, str]], start: An
     )
     watcher = asyncio.ensure_future(_watch_disconnect(request))
     streaming = response.task = asyncio.ensure_future(response.pump(first))
+    if response.refusal is not None:
+        streaming.cancel()
     try:
         await asyncio.wait({watcher, streaming}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -136,6 +148,13 @@ class _EventStream:
         self.sent_at = 0.0  # the loop's time of the last chunk, for the heartbeat
         self.sending: asyncio.Task | None = None
         self.task: asyncio.Task | None = None  # the pump's
+        self.refusal: StreamError | None = None
+
+    def refused(self, error: StreamError) -> None:
+        """The user may no longer read (``revocation.Recheck``): end the response."""
+        self.refusal = error
+        if self.task is not None:
+            self.task.cancel()
 
     async def pump(self, first: ReadResult) -> None:
         loop = asyncio.get_running_loop()

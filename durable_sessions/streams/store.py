@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 import time
 import zlib
@@ -168,6 +169,10 @@ class Store:
 
     def write_sync(self, op: Any) -> Any:
         """Queue ``op`` and block until its commit (from synchronous code)."""
+        return self.submit_sync(op).result()
+
+    def submit_sync(self, op: Any) -> concurrent.futures.Future[Any]:
+        """Queue ``op`` and return a future of its commit's result (from synchronous code)."""
         check_op(op)
         if not self.database.is_postgres and connections[self.database.alias].in_atomic_block:
             # Django holds SQLite's write lock for the whole atomic block: the writer would wait
@@ -176,7 +181,7 @@ class Store:
                 "durable_sessions cannot write to a SQLite stream inside transaction.atomic(): "
                 "the log commits on its own connection, which would wait for your transaction"
             )
-        return self.writer_for(op.path).submit(op).result()
+        return self.writer_for(op.path).submit(op)
 
 
 _store: Store | None = None
@@ -221,6 +226,8 @@ def check_op(op: Any) -> None:
         check_options(content_type=op.content_type, stream_seq=op.stream_seq, producer=op.producer)
     elif isinstance(op, CreateOp):
         check_options(content_type=op.content_type, ttl=op.ttl_seconds, expires_at=op.expires_at)
+        for pid, epoch, seq in op.producers:
+            check_options(producer=(pid, epoch, seq))
     size = op.size if isinstance(op, AppendOp) else len(getattr(op, "body", b""))
     if size > ds_settings.MAX_APPEND_BYTES:
         raise PayloadTooLarge(f"the data exceeds {ds_settings.MAX_APPEND_BYTES} bytes")

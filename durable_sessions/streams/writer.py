@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, overload
 
-from durable_sessions.streams import commit, lifecycle
+from durable_sessions.streams import commit, lifecycle, retention
 from durable_sessions.streams.db import Database, ThreadConnections, connection_lost, retryable
 from durable_sessions.streams.errors import CommitUnknown, StreamError, Unavailable
 from durable_sessions.streams.offsets import START
@@ -265,6 +265,8 @@ class Writer:
             fn = lifecycle.create
         elif isinstance(op, lifecycle.DeleteOp):
             fn = lifecycle.delete
+        elif isinstance(op, retention.TruncateOp):
+            fn = retention.truncate
         else:
             self._deliver([(waiter, TypeError(f"unknown operation {op!r}"))], [])
             return

@@ -7,7 +7,9 @@ committed: a socket that is caught up is sent new data straight from the hub's p
 stream's readers (``send_now``), without a task wake-up per socket; a reader that falls behind
 reads from the database in pages, and one whose socket stays blocked for
 ``WEBSOCKET_SEND_TIMEOUT`` is closed with 4008 and the offset to resume from. Who may read
-and append is checked at the handshake and again later (``wsauth.py``).
+and append is checked at the handshake, again later, and at once when the path is revoked
+(``wsauth.py``, ``revocation.py``); a layer above may observe the sockets of its paths
+(``sockets.py``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from durable_sessions.auth import host_allowed
 from durable_sessions.conf import ds_settings
-from durable_sessions.streams import eager, protocol, wsframes
+from durable_sessions.streams import eager, protocol, revocation, sockets, wsframes
 from durable_sessions.streams.errors import BadRequest, StreamError
 from durable_sessions.streams.live import Follower
 from durable_sessions.streams.offsets import parse_read_offset
 from durable_sessions.streams.records import Notice, ReadResult
 from durable_sessions.streams.store import check_op, get_store
-from durable_sessions.streams.wsauth import SocketAuth, rechecks_needed
+from durable_sessions.streams.wsauth import SocketAuth
 
 try:  # what daphne (autobahn) raises for a send to a client that has left
     from autobahn.exception import Disconnected
@@ -74,9 +76,8 @@ def _check_stalls(loop: asyncio.AbstractEventLoop, sockets: weakref.WeakSet) -> 
     """
     now = loop.time()
     limit = now - ds_settings.WEBSOCKET_SEND_TIMEOUT
-    recheck = rechecks_needed()
     for socket in list(sockets):
-        if recheck and socket.auth.due(now):
+        if socket.auth.due(now):
             socket.auth.start_recheck()  # in a task: the lookup goes through the async ORM
         since = socket.sending_since
         if since is not None and since < limit and socket.pump is not None:
@@ -108,6 +109,8 @@ class StreamSocket(AsyncWebsocketConsumer):
         self.sending_since: float | None = None
         self._sending = 0
         self.auth: SocketAuth | None = None
+        self.observed: sockets.Observed | None = None
+        self.unrevoke: Any = None
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
@@ -123,6 +126,10 @@ class StreamSocket(AsyncWebsocketConsumer):
                 self.auth.close()
             if self.follower is not None:
                 self.follower.close()
+            if self.unrevoke is not None:
+                self.unrevoke()
+            if self.observed is not None:
+                self.observed.close()
 
     async def end(self, code: int, reason: str = "") -> None:
         """Close the socket; if even the close frame cannot be queued, drop the connection
@@ -156,9 +163,13 @@ class StreamSocket(AsyncWebsocketConsumer):
             start = parse_read_offset(query.get("offset"))
             assert self.auth is not None
             await self.auth.admit(path)
+            self.unrevoke = revocation.watch(path, self.auth.revoked)
             self.path = path
             self.follower = Follower(path, None if isinstance(start, str) else start, self.send_now)
             first = await self.follower.next(None)
+            self.observed = sockets.observe(path, self.auth.caller.user, query, self.scope)
+            if self.observed is not None:  # (the layer above's: sessions count devices online)
+                await self.observed.start()
         except StreamError as exc:
             await self.send_error(exc)
             await self.end(wsframes.close_code(exc))

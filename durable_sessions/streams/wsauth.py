@@ -7,7 +7,8 @@ for ``append`` at the first append frame after each check, and, every
 at the next append frame, or, for a socket that only reads, when the websocket watchdog (one
 timer per event loop, ``ws.py``) finds the check stale and starts it in a task. A user who may
 no longer read (a token deleted, a session ended, a user deactivated, a policy that changed its
-mind) is handed to the socket's ``on_refused``, which closes it.
+mind) is handed to the socket's ``on_refused``, which closes it. A revocation of the path
+(``streams.revoke``, ``revocation.py``) starts that check at once.
 
 The lookup goes through Django's async ORM, never blocking the loop, and sockets showing the
 same credentials share one (``auth.authenticate_again``).
@@ -22,14 +23,14 @@ from typing import Any
 
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.errors import StreamError, Unavailable
-from durable_sessions.streams.permissions import APPEND, READ, AllowAny, Caller, permission_policy
+from durable_sessions.streams.permissions import APPEND, READ, AllowAny, Caller, policy_for
 
 logger = logging.getLogger("durable_sessions.streams.ws")
 
 
-def rechecks_needed() -> bool:
-    """Whether the configured policy looks at users at all (``AllowAny`` does not)."""
-    return not isinstance(permission_policy(), AllowAny)
+def rechecks_needed(path: str) -> bool:
+    """Whether the policy of ``path`` looks at users at all (``AllowAny`` does not)."""
+    return not isinstance(policy_for(path), AllowAny)
 
 
 class SocketAuth:
@@ -47,6 +48,7 @@ class SocketAuth:
         self.may_append = False
         self.refused: StreamError | None = None  # why the user may no longer read
         self.rechecking: asyncio.Task | None = None
+        self.again = False  # revoked while a check was under way: check once more after it
 
     async def admit(self, path: str) -> None:
         """Authorize reading ``path`` at the handshake; raises 401/403 (``StreamError``)."""
@@ -73,7 +75,7 @@ class SocketAuth:
             self.checked_at is not None
             and self.refused is None
             and now - self.checked_at >= ds_settings.AUTH_RECHECK_INTERVAL
-            and rechecks_needed()
+            and rechecks_needed(self.path)
         )
 
     def start_recheck(self, ref: Any = None) -> asyncio.Task:
@@ -85,6 +87,19 @@ class SocketAuth:
 
     def _rechecked(self, task: asyncio.Task) -> None:
         self.rechecking = None
+        if self.again and self.refused is None and not task.cancelled():
+            self.again = False
+            self.start_recheck()
+
+    def revoked(self) -> None:
+        """The path was revoked (``revocation.py``): check the user now, whatever the interval
+        (and once more after a check under way, which may have read the old permissions)."""
+        if self.refused is not None or not self.path:
+            return
+        if self.rechecking is not None:
+            self.again = True
+            return
+        self.start_recheck()
 
     async def recheck(self, ref: Any = None) -> None:
         """Authenticate the user again and ask again whether they may read; if not, refuse

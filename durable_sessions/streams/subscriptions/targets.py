@@ -1,89 +1,43 @@
 """Where a webhook URL goes, and whether a webhook may go there (SSRF, PROTOCOL.md 12.8).
 
-``parse_url()`` reads the parts of a URL that decide where a request goes, and refuses what is
-malformed or ambiguous; ``checked_addresses()`` resolves the host and refuses it unless every
-address it stands for is public (or loopback, when allowed). ``webhooks.py`` uses both, to
-accept a subscription's URL and again at each delivery. The rules and their reasons are in
-docs/subscriptions.md, "Webhook URLs and SSRF".
+The reading of URLs and addresses is shared with the session agents and lives in
+``durable_sessions/outbound.py``; this module is the webhooks' policy over it, with their
+wording of errors (``WebhookUrlRejected``): ``parse_url()`` reads the parts of a URL that
+decide where a request goes, and refuses what is malformed or ambiguous;
+``checked_addresses()`` resolves the host and refuses it unless every address it stands for is
+public (or loopback, when allowed), and requires https except to loopback. ``webhooks.py`` uses
+both, to accept a subscription's URL and again at each delivery. The rules and their reasons
+are in docs/subscriptions.md, "Webhook URLs and SSRF".
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-
+from durable_sessions import outbound
+from durable_sessions.outbound import (
+    Address,
+    Resolver,
+    ResolveTimeout,
+    Target,
+    Unresolved,
+    address_problem,
+    system_resolver,
+)
 from durable_sessions.streams.subscriptions.errors import WebhookUrlRejected
 
-Resolver = Callable[[str, int], Iterable[str]]
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-MAX_URL_LENGTH = 2048
-LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
-
-# Ranges that are not public, with what they are. 127.0.0.0/8 and ::1 are tested apart, since
-# WEBHOOK_ALLOW_LOOPBACK lets them through.
-_V4 = [
-    ("0.0.0.0/8", "an unspecified address"),
-    ("10.0.0.0/8", "a private address (RFC 1918)"),
-    ("100.64.0.0/10", "a shared address (carrier-grade NAT, RFC 6598)"),
-    ("169.254.0.0/16", "a link-local address (where cloud metadata services answer)"),
-    ("172.16.0.0/12", "a private address (RFC 1918)"),
-    ("192.0.0.0/24", "an IETF protocol address"),
-    ("192.0.2.0/24", "a documentation address"),
-    ("192.88.99.0/24", "a 6to4 relay address"),
-    ("192.168.0.0/16", "a private address (RFC 1918)"),
-    ("198.18.0.0/15", "a benchmarking address"),
-    ("198.51.100.0/24", "a documentation address"),
-    ("203.0.113.0/24", "a documentation address"),
-    ("224.0.0.0/4", "a multicast address"),
-    ("240.0.0.0/4", "a reserved or broadcast address"),
+__all__ = [
+    "Address",
+    "ResolveTimeout",
+    "Resolver",
+    "Target",
+    "Unresolved",
+    "address_problem",
+    "checked_addresses",
+    "parse_url",
+    "rejected",
+    "system_resolver",
 ]
-_V6 = [
-    ("::/128", "an unspecified address"),
-    ("::/8", "a reserved address"),
-    ("64:ff9b:1::/48", "a local-use NAT64 address"),
-    ("100::/64", "a discard address"),
-    ("2001::/23", "an IETF protocol address (Teredo and others)"),
-    ("2001:db8::/32", "a documentation address"),
-    ("2002::/16", "a 6to4 address"),
-    ("3fff::/20", "a documentation address"),
-    ("5f00::/16", "a segment routing address"),
-    ("fc00::/7", "a unique local (private) address"),
-    ("fe80::/10", "a link-local address"),
-    ("fec0::/10", "a site-local address"),
-    ("ff00::/8", "a multicast address"),
-]
-SPECIAL = [(ipaddress.ip_network(net), why) for net, why in _V4 + _V6]
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a webhook URL goes: what ``parse_url()`` reads in it."""
-
-    url: str
-    scheme: str
-    host: str  # lowercased; an IPv6 address without brackets
-    port: int
-    literal: Address | None  # the host, when it is an address
-    host_header: str
-
-
-class Unresolved(Exception):
-    """A host name that did not resolve."""
-
-
-class ResolveTimeout(Unresolved):
-    """A host name whose resolution took longer than allowed."""
 
 
 def rejected(url: str, why: str) -> WebhookUrlRejected:
@@ -91,121 +45,21 @@ def rejected(url: str, why: str) -> WebhookUrlRejected:
     return WebhookUrlRejected(f"Webhook URL {url[:200]!r} rejected: {why}.")
 
 
+def _why(exc: outbound.UrlRejected) -> str:
+    if exc.why == "the scheme must be http or https":
+        return "the scheme must be https (or http to loopback in development)"
+    return exc.why
+
+
 def parse_url(url: Any) -> Target:
     """The parts of ``url`` that decide where it goes, or WebhookUrlRejected for a malformed
     or ambiguous one."""
     if not isinstance(url, str) or not url:
         raise WebhookUrlRejected("The webhook URL must be a non-empty string.")
-    if len(url) > MAX_URL_LENGTH:
-        raise rejected(url, f"longer than {MAX_URL_LENGTH} characters")
-    if any(char <= " " or char == "\x7f" for char in url):
-        # urlsplit() drops tabs and newlines silently; what we check must be what we send.
-        raise rejected(url, "it contains spaces or control characters")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise rejected(url, "it is not a valid URL (host or port)") from None
-    scheme = parts.scheme.lower()
-    if scheme not in {"http", "https"}:
-        raise rejected(url, "the scheme must be https (or http to loopback in development)")
-    if "@" in parts.netloc:
-        raise rejected(url, "user info (user:password@) is not allowed")
-    default = 443 if scheme == "https" else 80
-    if port is not None and not 0 < port < 65536:
-        raise rejected(url, "the port is not a number from 1 to 65535")
-    host = parts.hostname or ""
-    if not host:
-        raise rejected(url, "it has no host")
-    literal = _literal(url, host, bracketed=parts.netloc.startswith("["))
-    try:
-        sent = httpx.URL(url)  # what post() sends: it must read the host and port as we do
-    except httpx.InvalidURL:
-        raise rejected(url, "it is not a valid URL") from None
-    if (sent.raw_host.decode("ascii").lower(), sent.port or default) != (host, port or default):
-        raise rejected(url, "its host and port read differently to different URL parsers")
-    shown = f"[{host}]" if literal is not None and literal.version == 6 else host
-    return Target(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port or default,
-        literal=literal,
-        host_header=shown if port in {None, default} else f"{shown}:{port}",
-    )
-
-
-def _literal(url: str, host: str, bracketed: bool) -> Address | None:
-    """The address ``host`` is, None for a host name, or WebhookUrlRejected."""
-    if bracketed:
-        if "%" in host:
-            raise rejected(url, "IPv6 zone identifiers are not allowed")
-        try:
-            return ipaddress.IPv6Address(host)
-        except ValueError:
-            raise rejected(url, "the IPv6 address is not valid") from None
-    if not host.isascii():
-        raise rejected(url, "the host name must be ASCII (use its xn-- form)")
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if NUMERIC_LABEL.fullmatch(labels[-1]):
-        # What a browser would read as an IPv4 address: only the dotted quad is unambiguous.
-        try:
-            return ipaddress.IPv4Address(host)
-        except ValueError:
-            raise rejected(url, "write an IPv4 address as a dotted quad (like 192.0.2.1)") from None
-    if len(host) > 253 or not all(LABEL.fullmatch(label) for label in labels):
-        raise rejected(url, "the host name is not valid")
-    return None
-
-
-def address_problem(address: Address, *, allow_loopback: bool) -> str | None:
-    """What makes ``address`` one that webhooks may not reach, or None when it is public (or
-    loopback and ``allow_loopback``)."""
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return address_problem(address.ipv4_mapped, allow_loopback=allow_loopback)
-        if address in NAT64:  # an IPv4 address reached through a NAT64 gateway, never ours
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-            return address_problem(embedded, allow_loopback=False)
-    if address.is_loopback:
-        return None if allow_loopback else "a loopback address"
-    for network, why in SPECIAL:
-        if address.version == network.version and address in network:
-            return why
-    return None if address.is_global else "not a public address"
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to, through the system's resolver."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def resolve(resolver: Resolver, host: str, port: int, timeout: float) -> list[Address]:
-    """``resolver``'s addresses for ``host``, within ``timeout`` seconds (getaddrinfo has no
-    timeout of its own: it runs on a daemon thread that may be left behind)."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["addresses"] = list(resolver(host, port))
-        except Exception as exc:  # reported to the caller below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="ds-webhook-resolve", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise ResolveTimeout(f"resolving {host} took more than {timeout:g} s")
-    if "error" in outcome:
-        raise Unresolved(f"{host} did not resolve: {outcome['error']}")
-    try:
-        addresses = [ipaddress.ip_address(text.split("%")[0]) for text in outcome["addresses"]]
-    except ValueError as exc:
-        raise Unresolved(f"{host} resolved to something that is not an address: {exc}") from exc
-    if not addresses:
-        raise Unresolved(f"{host} resolved to no address")
-    return addresses
+        return outbound.parse_url(url)
+    except outbound.UrlRejected as exc:
+        raise rejected(url, _why(exc)) from None
 
 
 def checked_addresses(
@@ -213,24 +67,12 @@ def checked_addresses(
 ) -> list[Address]:
     """The checked addresses to connect to for ``target``; WebhookUrlRejected if one of them
     may not be reached; Unresolved if the name does not resolve."""
-    if target.literal is None and not allow_loopback:
-        name = target.host.rstrip(".")
-        if name == "localhost" or name.endswith(".localhost"):
-            raise rejected(target.url, "localhost is a loopback address")
-    if target.literal is not None:
-        addresses = [target.literal]
-    else:
-        addresses = resolve(resolver, target.host, target.port, timeout)
-    for address in addresses:
-        problem = address_problem(address, allow_loopback=allow_loopback)
-        if problem:
-            where = "" if target.literal is not None else f"{target.host} resolves to {address}, "
-            raise rejected(target.url, f"{where}{problem}")
-    if target.scheme == "http" and not all(_is_loopback(address) for address in addresses):
+    try:
+        addresses = outbound.checked_addresses(
+            target, resolver, allow_loopback=allow_loopback, timeout=timeout
+        )
+    except outbound.UrlRejected as exc:
+        raise rejected(target.url, exc.why) from None
+    if target.scheme == "http" and not all(outbound.is_loopback(a) for a in addresses):
         raise rejected(target.url, "webhook URLs must use https (http only to loopback)")
     return addresses
-
-
-def _is_loopback(address: Address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback

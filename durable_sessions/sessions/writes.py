@@ -1,0 +1,148 @@
+"""Every write to a session's stream goes through here: the clock, the order, the producers.
+
+- **The clock**: every chunk gets its ``createdAt`` from the session row's ``clock_ms``, moved
+  by one atomic ``UPDATE ... RETURNING`` to ``max(now, last + 1 ms)``: it never decreases
+  within a session, across processes too, and no two chunks share one.
+- **The order**: in a process, the clock is read and the append queued under one lock per
+  session, and appends to one stream commit in queue order (``streams.submit_json``), so the
+  stream holds chunks in ``createdAt`` order while concurrent posts still share a commit.
+- **Seq never reused**: each message's chunks are appended with the idempotent producer
+  ``chunk:<messageId>`` (epoch 0, producer seq = chunk seq). The log itself refuses a seq that
+  is already written (a duplicate) or skips one (a gap), whatever process writes, also after
+  a reset.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from durable_sessions import state, streams
+from durable_sessions.sessions import errors
+from durable_sessions.sessions.models import Session
+
+_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_locks_lock = threading.Lock()
+
+
+def _order_lock(session_id: Any) -> threading.Lock:
+    key = str(session_id)
+    with _locks_lock:
+        lock = _locks.get(key)
+        if lock is None:
+            lock = _locks[key] = threading.Lock()
+        return lock
+
+
+def tick(session_id: Any) -> int:
+    """The session's next ``createdAt`` in epoch milliseconds (and its last activity now)."""
+    now_ms = int(time.time() * 1000)
+    table = Session._meta.db_table
+    pk = Session._meta.pk.get_db_prep_value(session_id, connection)
+    activity = Session._meta.get_field("last_activity_at").get_db_prep_value(
+        timezone.now(), connection
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET clock_ms = CASE WHEN clock_ms >= %s THEN clock_ms + 1 ELSE %s END,"
+            f" last_activity_at = %s WHERE id = %s RETURNING clock_ms",
+            [now_ms, now_ms, activity, pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise errors.NotFound("no such session")
+    return int(row[0])
+
+
+def _result(future: Any) -> streams.Appended:
+    try:
+        return future.result()
+    except streams.Unavailable as exc:
+        raise errors.Unavailable(str(exc)) from exc
+    except streams.StreamNotFound as exc:
+        raise errors.NotFound("the session's stream is gone") from exc
+
+
+def _submit(
+    path: str, events: Sequence[dict], producer: Any = None, expect_tail: str | None = None
+) -> Any:
+    try:
+        return streams.submit_json(path, events, producer=producer, expect_tail=expect_tail)
+    except streams.Unavailable as exc:
+        raise errors.Unavailable(str(exc)) from exc
+    except streams.StreamNotFound as exc:
+        raise errors.NotFound("the session's stream is gone") from exc
+
+
+def append_chunk(
+    session: Session,
+    *,
+    message_id: str,
+    seq: int,
+    actor_id: str,
+    role: str,
+    chunk: dict[str, Any] | Callable[[str], dict[str, Any]],
+    txid: str | None = None,
+) -> streams.Appended:
+    """Append chunk ``seq`` of ``message_id``, stamped by the session clock. ``chunk`` is the
+    decoded payload, or a function of the ``createdAt`` it gets (a whole message states it).
+
+    ``errors.Conflict`` when that seq of that message is already written (``duplicate`` is
+    set on the error) or when it would skip one.
+    """
+    with _order_lock(session.pk):
+        created_at = state.timestamp(tick(session.pk) / 1000)
+        payload = chunk(created_at) if callable(chunk) else chunk
+        value = state.chunk_row(
+            message_id, seq, actor_id=actor_id, role=role, chunk=payload, created_at=created_at
+        )
+        event = state.chunk_event(value, txid=txid)
+        future = _submit(session.stream_path, [event], (f"chunk:{message_id}", 0, seq))
+    try:
+        result = _result(future)
+    except streams.Conflict as exc:  # a producer gap: an earlier seq is missing
+        raise errors.Conflict(f"chunk {seq} of message {message_id} skips one") from exc
+    if result.duplicate:
+        conflict = errors.Conflict(f"chunk {seq} of message {message_id} is already written")
+        conflict.duplicate = True  # type: ignore[attr-defined]
+        raise conflict
+    return result
+
+
+def append_events(
+    session: Session, events: Sequence[dict], *, expect_tail: str | None = None
+) -> streams.Appended:
+    """Append state events (presence, agent, control rows...) in one entry, in session order.
+
+    With ``expect_tail`` the entry lands exactly at that offset or not at all
+    (``errors.Conflict`` with code ``tail_moved``: something was appended meanwhile).
+    """
+    with _order_lock(session.pk):
+        future = _submit(session.stream_path, events, expect_tail=expect_tail)
+    try:
+        return _result(future)
+    except streams.Conflict as exc:
+        raise errors.Conflict(str(exc), code=exc.code or "conflict") from exc
+
+
+SESSION_TYPES = ("chunk", "presence", "agent")
+
+
+def reset_batch(existing: Iterable[tuple[str, str]], restored: Sequence[dict]) -> list[dict]:
+    """The one entry of a reset whose state starts with ``restored``: the reset as the public
+    StreamDB client also applies it (``state.reset_events``: deletes of the ``existing`` rows
+    that ``restored`` does not write again), then ``restored``."""
+    kept = {(event["type"], event["key"]) for event in restored if "type" in event}
+    gone = [row for row in existing if row not in kept]
+    return [*state.reset_events(gone, types=SESSION_TYPES), *restored]
+
+
+def existing_rows(session_state: state.State) -> list[tuple[str, str]]:
+    """Every ``(type, key)`` row of a folded state."""
+    return [(kind, key) for kind in session_state.types() for key in session_state.rows(kind)]

@@ -1,0 +1,3 @@
+"""A URLconf without the session API (a project that mounts only the streams layer)."""
+
+urlpatterns: list = []
