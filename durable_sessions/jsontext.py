@@ -3,23 +3,33 @@
 ``loads`` parses with orjson (several times faster than the standard library on the small
 texts of chunk rows) and falls back to ``json.loads`` for the rare text orjson refuses but JSON
 allows (an integer beyond 64 bits): the result is always what ``json.loads`` would give, bar
-``NaN``/``Infinity``, which JSON itself does not allow and the log never stores.
+``NaN``/``Infinity``, which JSON itself does not allow, and text nested too deeply to follow:
+both are a ``ValueError``, never a ``RecursionError``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def loads(text: bytes | str) -> Any:
-    """The value of the JSON ``text``; ``ValueError`` when it is not JSON."""
+    """The value of the JSON ``text``; ``ValueError`` when it is not JSON (``NaN`` and the
+    infinities included), or nests deeper than the parsers can follow."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)  # raises ValueError for text that is not JSON at all
+        try:  # what orjson refuses but JSON allows: an integer beyond 64 bits
+            return json.loads(text, parse_constant=_refuse)
+        except RecursionError:
+            raise ValueError("the JSON text nests too deeply") from None
 
 
 def dumps(value: Any) -> bytes:
@@ -32,3 +42,21 @@ def dumps(value: Any) -> bytes:
         return json.dumps(
             value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
+
+
+def depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar: 0), counted without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children: Iterable[Any]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest

@@ -30,3 +30,16 @@ def test_dumps_is_compact_utf8_and_falls_back_for_big_integers():
     with pytest.raises(TypeError):
         jsontext.dumps({"s": {1, 2}})
     assert jsontext.dumps([float("nan"), float("inf")]) == b"[null,null]"
+
+
+def test_depth_counts_without_recursion():
+    assert jsontext.depth(5) == 0 and jsontext.depth([]) == 1 and jsontext.depth({"a": [1]}) == 2
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert jsontext.depth(deep) == 100_001
+
+
+def test_loads_turns_recursion_into_a_value_error():
+    with pytest.raises(ValueError):
+        jsontext.loads("[" * 100_000 + "]" * 100_000)

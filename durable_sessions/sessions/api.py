@@ -17,12 +17,14 @@ from rest_framework import exceptions, status, viewsets
 from rest_framework import serializers as drf_serializers
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from durable_sessions import jsontext, streams
+from durable_sessions.conf import ds_settings
 from durable_sessions.sessions import guard, roles, service
 from durable_sessions.sessions import serializers as s
 from durable_sessions.sessions.auth import SameOriginSessionAuthentication
@@ -69,10 +71,35 @@ class FastJSONRenderer(JSONRenderer):
             return super().render(data, accepted_media_type, renderer_context)
 
 
+class SessionJSONParser(JSONParser):
+    """REST framework's JSON parser, reading with ``jsontext.loads``: orjson, and a 400 (never a
+    500) for a body nested too deeply, ``NaN``, or text that is not JSON. The sendBeacon parser
+    of logout shares its checks (``presence_api.TextJSONParser``)."""
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The JSON document of the body; 400 when it nests deeper than ``MAX_JSON_DEPTH``
+        (what the log takes), so that nothing downstream recurses that deep."""
+        try:
+            data = jsontext.loads(stream.read())
+        except ValueError as exc:
+            raise exceptions.ParseError(f"the body is not JSON: {exc}") from None
+        if jsontext.depth(data) > ds_settings.MAX_JSON_DEPTH:
+            raise exceptions.ParseError(
+                f"the body nests deeper than {ds_settings.MAX_JSON_DEPTH} levels"
+            )
+        return data
+
+
 class SessionAPIView(viewsets.ViewSet):
     """Shared by the session API's views: authentication, permissions, errors."""
 
     renderer_classes = [FastJSONRenderer]
+    parser_classes = [SessionJSONParser, FormParser, MultiPartParser]
 
     authentication_classes = [TokenAuthentication, SameOriginSessionAuthentication]
     permission_classes = [IsAuthenticated]

@@ -8,16 +8,15 @@ registered through the agents registry, under its rules (``agents.register_defau
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, parsers, serializers
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from durable_sessions.sessions import errors, roles, service
-from durable_sessions.sessions.api import SessionAPIView, _valid
+from durable_sessions.sessions.api import SessionAPIView, SessionJSONParser, _valid
 from durable_sessions.sessions.presence import MAX_DEVICE_ID
 from durable_sessions.sessions.serializers import (
     StrictBooleanField,
@@ -28,17 +27,11 @@ from durable_sessions.sessions.serializers import (
 MAX_DEFAULT_AGENTS = 32
 
 
-class TextJSONParser(parsers.BaseParser):
-    """JSON sent as ``text/plain``: what ``navigator.sendBeacon`` sends for a string body."""
+class TextJSONParser(SessionJSONParser):
+    """JSON sent as ``text/plain``: what ``navigator.sendBeacon`` sends for a string body (the
+    same checks as every JSON body of the API)."""
 
     media_type = "text/plain"
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        """The JSON document in the body (400 when it is not one)."""
-        try:
-            return json.loads(stream.read().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise exceptions.ParseError(f"the body is not JSON: {exc}") from None
 
 
 def _device_field(**extra: Any) -> StrictCharField:
@@ -136,7 +129,7 @@ class LogoutView(SessionAPIView):
         """Viewers are present too: reading the session is enough."""
         return roles.READ
 
-    parser_classes = [parsers.JSONParser, TextJSONParser]
+    parser_classes = [*SessionAPIView.parser_classes, TextJSONParser]
 
     @extend_schema(request=LogoutIn, responses={200: PresenceOut})
     def logout(self, request: Request, pk: str) -> Response:

@@ -73,8 +73,8 @@ def chunk_row(
         raise InvalidEvent("a chunk is an object with a string type")
     try:
         encoded = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidEvent(f"the chunk is not JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidEvent(f"the chunk cannot be written as JSON: {exc}") from None
     return {
         "messageId": message_id,
         "actorId": actor_id,
@@ -141,8 +141,8 @@ def tool_result_part(
     else:
         try:
             content = json.dumps(output, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent(f"the tool output is not JSON: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidEvent(f"the tool output cannot be written as JSON: {exc}") from None
     part: dict[str, Any] = {
         "type": "tool-result",
         "toolCallId": tool_call_id,

@@ -365,3 +365,20 @@ def test_role_matrix(members, as_alice, as_bob, as_carol, client, route, body):
     )
     assert post(as_alice, url, body).status_code == 409
     assert post(as_bob, f"/v1/sessions/{uuid.uuid4()}/{route}", body).status_code == 404
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 100_000])
+def test_a_deeply_nested_tool_output_is_stored_or_refused_never_500(members, as_bob, depth):
+    sid = members
+    generate(sid, "g1", [CALL, DONE])
+    output = '{"d":' * depth + "{}" + "}" * depth  # written by hand: json.dumps would recurse
+    answer = as_bob.post(
+        f"/v1/sessions/{sid}/tool-results",
+        '{"toolCallId": "call-1", "output": ' + output + "}",
+        content_type="application/json",
+    )
+    if depth <= 100:
+        assert answer.status_code == 204, answer.content[:300]
+    else:
+        assert answer.status_code == 400, answer.content[:300]
+        assert len(events(sid)) == 2  # nothing written

@@ -214,3 +214,18 @@ def test_schema_is_served(as_alice):
     answer = as_alice.get("/v1/schema/?format=json")
     assert answer.status_code == 200
     assert "/v1/sessions/{id}/messages" in answer.json()["paths"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["[" * 200_000 + "]" * 200_000, '{"content": NaN}', '{"content": "x"', "\xff", ""],
+    ids=["nested-200k", "nan", "truncated", "not-utf8", "empty"],
+)
+def test_bodies_that_are_not_json_are_400_never_500(as_alice, session_id, body):
+    base = f"/v1/sessions/{session_id}"
+    for url in (f"{base}/messages", f"{base}/members", f"{base}/agents", f"{base}/login"):
+        answer = as_alice.post(url, body, content_type="application/json")
+        assert answer.status_code == 400, (url, answer.content[:200])
+    beacon = as_alice.post(f"{base}/logout", body, content_type="text/plain")
+    assert beacon.status_code == 400, beacon.content[:200]
+    assert as_alice.get(f"{base}/events").json()["events"] == []

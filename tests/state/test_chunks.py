@@ -47,8 +47,8 @@ BAD_ROWS = [
     ({"role": "agent"}, "role must be one of user, assistant, system"),
     ({"chunk": {"no": "type"}}, "a chunk is an object with a string type"),
     ({"chunk": "text"}, "a chunk is an object with a string type"),
-    ({"chunk": {"type": "x", "v": float("inf")}}, "the chunk is not JSON"),
-    ({"chunk": {"type": "x", "v": {1, 2}}}, "the chunk is not JSON"),
+    ({"chunk": {"type": "x", "v": float("inf")}}, "the chunk cannot be written as JSON"),
+    ({"chunk": {"type": "x", "v": {1, 2}}}, "the chunk cannot be written as JSON"),
     ({"created_at": "2025-12-13T06:16:23Z"}, "createdAt must be YYYY-MM-DDTHH:MM:SS.sssZ"),
     ({"created_at": "2025-12-13T06:16:23.767+00:00"}, "createdAt must be"),
 ]
@@ -122,7 +122,7 @@ def test_tool_result_message_is_a_whole_assistant_message_with_a_string_content(
     }
     with pytest.raises(InvalidEvent, match="toolCallId"):
         state.tool_result_part("", "x")
-    with pytest.raises(InvalidEvent, match="tool output is not JSON"):
+    with pytest.raises(InvalidEvent, match="tool output cannot be written as JSON"):
         state.tool_result_part("c", {"x": object()})
 
 
