@@ -84,6 +84,10 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 DURABLE_SESSIONS = {
+    # The tests run the presence sweep themselves (presence_expire); a sweep thread of this
+    # process would race them, and Postgres TRUNCATEs between transactional tests (it was
+    # chosen a deadlock victim against a flush). Server processes get theirs from the env.
+    "PRESENCE_SWEEP_INTERVAL": 3600.0,
     "LONG_POLL_TIMEOUT": 1.0,
     "EXPIRY_SWEEP_INTERVAL": 0.5,
     "SUBSCRIPTION_SWEEP_INTERVAL": 0.2,

@@ -17,12 +17,13 @@ touches the database until the log is used.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from durable_sessions import streams
 from durable_sessions.conf import ds_settings
@@ -104,9 +105,17 @@ class PresenceSweeper:
             pass
 
     def _failed(self) -> None:
+        """Log a failed round at most once a minute: the database being unreachable in one
+        line (an outage fails every round), anything else with its traceback."""
         now = time.monotonic()
-        if now - self._logged_at >= 60:
-            self._logged_at = now
+        if now - self._logged_at < 60:
+            logger.debug("presence sweep failed", exc_info=True)
+            return
+        self._logged_at = now
+        error = sys.exc_info()[1]
+        if isinstance(error, OperationalError | InterfaceError):
+            logger.warning("presence sweep failed, the database is unavailable: %s", error)
+        else:
             logger.exception("presence sweep failed (logged once a minute)")
 
 
