@@ -1,15 +1,16 @@
 """Parsing and writing JSON text fast where the hot paths do it (every layer may import this).
 
 ``loads`` parses with orjson (several times faster than the standard library on the small
-texts of chunk rows) and falls back to ``json.loads`` for the rare text orjson refuses but JSON
-allows (an integer beyond 64 bits): the result is always what ``json.loads`` would give, bar
-``NaN``/``Infinity``, which JSON itself does not allow, and text nested too deeply to follow:
-both are a ``ValueError``, never a ``RecursionError``.
+texts of chunk rows) and falls back to ``json.loads`` for the rare text orjson refuses, or would
+read differently (an integer beyond 64 bits, which it turns into a float): the result is always
+what ``json.loads`` would give, bar ``NaN``/``Infinity``, which JSON itself does not allow, and
+text nested too deeply to follow: both are a ``ValueError``, never a ``RecursionError``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,11 +21,19 @@ def _refuse(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
+# orjson turns an integer beyond 64 bits into a float, silently: a text holding a run of 19
+# digits or more (every integer of 18 digits fits) is parsed by the standard library instead.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def loads(text: bytes | str) -> Any:
     """The value of the JSON ``text``; ``ValueError`` when it is not JSON (``NaN`` and the
     infinities included), or nests deeper than the parsers can follow."""
+    raw = text.encode() if isinstance(text, str) else text
     try:
-        return orjson.loads(text)
+        if _LONG_DIGITS.search(raw):
+            raise orjson.JSONDecodeError("long digits", "", 0)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         try:  # what orjson refuses but JSON allows: an integer beyond 64 bits
             return json.loads(text, parse_constant=_refuse)
