@@ -10,7 +10,6 @@ text nested too deeply to follow: both are a ``ValueError``, never a ``Recursion
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +22,10 @@ def _refuse(constant: str) -> Any:
 
 # orjson turns an integer beyond 64 bits into a float, silently: a text holding a run of 19
 # digits or more (every integer of 18 digits fits) is parsed by the standard library instead.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Found by mapping every digit to 0 and every other byte to 1 and looking for 19 zeros: four
+# times faster than a regular expression, which cost a quarter of a session's cold fold.
+_DIGITS_TO_ZERO = bytes(0 if 0x30 <= byte <= 0x39 else 1 for byte in range(256))
+_LONG_RUN = bytes(19)
 
 
 def loads(text: bytes | str) -> Any:
@@ -31,7 +33,7 @@ def loads(text: bytes | str) -> Any:
     infinities included), or nests deeper than the parsers can follow."""
     raw = text.encode() if isinstance(text, str) else text
     try:
-        if _LONG_DIGITS.search(raw):
+        if _LONG_RUN in raw.translate(_DIGITS_TO_ZERO):
             raise orjson.JSONDecodeError("long digits", "", 0)
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
