@@ -6,8 +6,9 @@
 
 Requests under ``/v1/stream/`` go straight to ``StreamsApp``, websockets under
 ``/ws/v1/stream/`` to the ``StreamSocket`` consumer; everything else goes to the wrapped
-application. The router also answers the ASGI lifespan protocol (uvicorn): at shutdown the log's
-writer finishes what it has queued before the process exits.
+application. On its first call it starts the agent runtime in this process when that is
+configured (``agents/embedded.py``). The router also answers the ASGI lifespan protocol
+(uvicorn): at shutdown the log's writer finishes what it has queued before the process exits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from durable_sessions.agents import embedded
 from durable_sessions.streams.http import StreamsApp
 from durable_sessions.streams.httpio import ASGIReceive, ASGISend
 from durable_sessions.streams.store import reset_store
@@ -33,6 +35,7 @@ class DurableSessionsRouter:
         self.sockets = StreamSocket.as_asgi()
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        embedded.ensure_started()  # the agent runtime, when this process runs it (once)
         kind = scope["type"]
         if kind == "http":
             path = scope["path"][len(scope.get("root_path", "")) :]

@@ -89,6 +89,31 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_GRACE": 10.0,
     # Seconds between presence sweeps (every process runs one).
     "PRESENCE_SWEEP_INTERVAL": 2.0,
+    # -- the agent runtime (docs/agents.md) --
+    # The stream every session's agents subscription wakes (one for the worker pool).
+    "AGENT_WAKE_STREAM": "agents/wake",
+    # Seconds a worker's claim of a session lasts without a heartbeat (a dead worker's
+    # generations are taken over after this).
+    "AGENT_LEASE_TTL": 15.0,
+    # Generations one worker runs at once.
+    "AGENT_CONCURRENCY": 100,
+    # Seconds token deltas are held and joined before they are written (0: every delta).
+    "AGENT_FLUSH_INTERVAL": 0.05,
+    # Most agent replies in a row (an agent answering an agent answering...) under "all".
+    "AGENT_MAX_CHAIN": 3,
+    # Defaults of an agent's options (an AgentSpec may set its own).
+    "AGENT_POLICY": "queue",
+    "AGENT_ON_INTERRUPT": "error",
+    "AGENT_RETRIES": 2,
+    # Seconds before the first retry of a failure before the first token (doubled each time).
+    "AGENT_RETRY_BACKOFF": 0.5,
+    "AGENT_TIMEOUTS": {"connect": 10.0, "firstToken": 60.0, "betweenTokens": 60.0, "total": 600.0},
+    # Seconds a stopping worker (SIGTERM) lets its generations finish before it hands them over.
+    "AGENT_SHUTDOWN_GRACE": 20.0,
+    # Run the agent runtime inside the server process: True, False, or None (env
+    # DS_AGENTS_EMBEDDED, else: on with SQLite and the in-memory channel layer, the embedded
+    # default, where a separate worker could not share the server's layer).
+    "AGENT_EMBEDDED": None,
 }
 
 IMPORT_STRINGS = {"PERMISSION_POLICY", "ACTOR_ID"}

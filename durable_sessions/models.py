@@ -1,5 +1,6 @@
 """Django discovers the app's models here; each layer keeps its own in its subpackage."""
 
+from durable_sessions.agents.models import Job
 from durable_sessions.sessions.models import Agent, Device, Membership, Session
 from durable_sessions.streams.models import Entry, Producer, Stream
 from durable_sessions.streams.subscriptions.models import SigningKey, Subscription, SubscriptionLink
@@ -8,6 +9,7 @@ __all__ = [
     "Agent",
     "Device",
     "Entry",
+    "Job",
     "Membership",
     "Producer",
     "Session",

@@ -120,7 +120,16 @@ if os.environ.get("DS_SUBSCRIPTION_SWEEP_INTERVAL"):
     DURABLE_SESSIONS["SUBSCRIPTION_SWEEP_INTERVAL"] = float(
         os.environ["DS_SUBSCRIPTION_SWEEP_INTERVAL"]
     )
-for _name in ("PRESENCE_TTL", "PRESENCE_GRACE", "PRESENCE_SWEEP_INTERVAL", "AUTH_RECHECK_INTERVAL"):
+for _name in (
+    "PRESENCE_TTL",
+    "PRESENCE_GRACE",
+    "PRESENCE_SWEEP_INTERVAL",
+    "AUTH_RECHECK_INTERVAL",
+    "AGENT_LEASE_TTL",
+    "AGENT_FLUSH_INTERVAL",
+    "AGENT_SHUTDOWN_GRACE",
+    "AGENT_RETRY_BACKOFF",
+):
     if os.environ.get(f"DS_{_name}"):
         DURABLE_SESSIONS[_name] = float(os.environ[f"DS_{_name}"])
 if env_flag("DS_PUBLIC_STREAMS"):

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("admin/", admin.site.urls),
     path("v1/", include("durable_sessions.sessions.urls")),
+    path("v1/", include("durable_sessions.agents.urls")),
 ]
 
 # DS_BENCHMARK_VIEWS=1 (project/settings.py): the floor of benchmarks/session_messages.py.

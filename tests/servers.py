@@ -75,6 +75,8 @@ class ServerProcess:
             **os.environ,
             **database_env(),
             "DS_LONG_POLL_TIMEOUT": "1",
+            # No agent runtime in a test's server unless the test asks for it (env).
+            "DS_AGENTS_EMBEDDED": "0",
             "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # sessions signed by the tests verify
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)

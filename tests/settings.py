@@ -91,6 +91,8 @@ DURABLE_SESSIONS = {
     "LONG_POLL_TIMEOUT": 1.0,
     "EXPIRY_SWEEP_INTERVAL": 0.5,
     "SUBSCRIPTION_SWEEP_INTERVAL": 0.2,
+    # The tests start agent workers themselves (a worker of this process, or run_agents).
+    "AGENT_EMBEDDED": False,
 }
 if os.environ.get("DS_AGENT_ALLOW_PRIVATE", "").lower() in {"1", "true", "yes", "on"}:
     DURABLE_SESSIONS["AGENT_ALLOW_PRIVATE"] = True

@@ -4,12 +4,14 @@
 Every one is a write of the acting user (members, owners, staff; viewers and outsiders 403;
 archived sessions 409) through ``writes.append_chunk``, so its seq is never reused:
 
-- **stop** writes ``{"type": "stop", "reason": "user"}`` as the next seq of each active
-  generation (an assistant message that is not complete). A duplicate or a gap means someone
-  else (the agent runtime, another stop) wrote meanwhile: the state is read again, and the stop
-  is written at the new next seq, or not at all when the message completed meanwhile. The
-  runtime learns of the stop when its own next chunk is refused as a duplicate. When nothing is
-  active any more, the session's ``generating_since`` is cleared.
+- **stop** of a generation the agent runtime holds writes a ``stop-request`` row (key: the
+  messageId; ``actorId``, ``requestedAt``): the worker holding it, in whatever process, aborts
+  the agent's call, keeps the partial answer and writes the ``stop`` chunk naming who stopped it
+  (a worker that takes a dead one's session over does the same). A generation nobody holds (no
+  runtime, or written by hand) gets ``{"type": "stop", "reason": "user"}`` as its next seq at
+  once. A duplicate or a gap means someone else wrote meanwhile: the state is read again, and
+  the stop is written at the new next seq, or not at all when the message completed meanwhile.
+  When nothing is active any more, the session's ``generating_since`` is cleared.
 - **tool results** write a ``whole-message`` under the client's messageId (a new one when it
   sends none), role ``assistant``, with one ``tool-result`` part, and the client's txid; 404
   when no message of the session holds that tool call. The same post again (same id, same
@@ -19,12 +21,14 @@ archived sessions 409) through ``writes.append_chunk``, so its seq is never reus
   approval already answered is answered again only with the same answer (a retry: nothing is
   written); the other answer is 409 ``approval_answered``.
 - **regenerate** checks the message and that an agent is registered (400 ``no_agents``, as the
-  reference) and writes nothing yet: invoking the agent is the runtime's (issue 11), whose
-  reply comes as a new assistant message, as the reference's does. Nothing is deleted.
+  reference) and writes a ``regenerate-request`` row (``fromMessageId``, ``agentId``,
+  ``actorId``): the runtime invokes the agent, whose reply comes as a new assistant message, as
+  the reference's does. Nothing is deleted.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +41,17 @@ from durable_sessions.sessions.guard import session_access
 from durable_sessions.sessions.models import Session
 
 MAX_ATTEMPTS = 8
+STOP_REQUEST = "stop-request"
+REGENERATE_REQUEST = "regenerate-request"
+
+# Whether a generation (session, messageId) is held by the agent runtime, which then writes its
+# stop itself; the runtime adds its check here (agents/signals.py: the layers above register
+# with the ones below, never the other way round).
+runtime_holds: list[Callable[[Session, str], bool]] = []
+
+
+def _held(session: Session, message_id: str) -> bool:
+    return any(check(session, message_id) for check in runtime_holds)
 
 
 def _append_next(
@@ -87,10 +102,25 @@ def generation_stop(*, user: Any, session_id: Any, message_id: str | None = None
         if message_id is not None and session_state.message(message_id) is None:
             raise errors.NotFound(f"no message {message_id[:200]!r} in this session")
     targets = active if message_id is None else [m for m in active if m == message_id]
-    stopped = [
+    held = [mid for mid in targets if _held(session, mid)]
+    if held:
+        now = state.timestamp(time.time())
+        writes.append_events(
+            session,
+            [
+                state.upsert(
+                    STOP_REQUEST,
+                    mid,
+                    {"messageId": mid, "actorId": access.actor_id, "requestedAt": now},
+                )
+                for mid in held
+            ],
+        )
+    stopped = held + [
         mid
         for mid in targets
-        if _append_next(
+        if mid not in held
+        and _append_next(
             session, mid, actor_id=access.actor_id, chunk=state.stop_chunk("user"), wanted=_active
         )
     ]
@@ -218,7 +248,7 @@ def message_regenerate(
 ) -> dict[str, Any]:
     """Ask for a new reply to the message ``from_message_id`` (``content``: its text, as the
     client sends it). 404 for an unknown message, 400 ``no_agents`` when no agent is
-    registered. Writes nothing yet: the agent runtime (issue 11) will invoke the agent, whose
+    registered. Writes a ``regenerate-request`` row; the agent runtime invokes the agent, whose
     reply is a new assistant message. Returns what it will invoke: ``{agentId,
     fromMessageId}``."""
     access = session_access(user=user, session_id=session_id, action=roles.WRITE)
@@ -231,4 +261,15 @@ def message_regenerate(
     agents = registered(session)
     if not agents:
         raise errors.Invalid("no agent is registered in this session", code="no_agents")
-    return {"agentId": agents[0].id, "fromMessageId": from_message_id}
+    author = cache.read(session.stream_path, lambda st, _o: st.message(from_message_id))
+    ids = [agent.id for agent in agents]
+    agent_id = author.actor_id if author is not None and author.actor_id in ids else ids[0]
+    request = {
+        "requestId": str(uuid.uuid4()),
+        "fromMessageId": from_message_id,
+        "agentId": agent_id,
+        "actorId": access.actor_id,
+        "requestedAt": state.timestamp(time.time()),
+    }
+    writes.append_events(session, [state.insert(REGENERATE_REQUEST, request["requestId"], request)])
+    return {"agentId": agent_id, "fromMessageId": from_message_id}

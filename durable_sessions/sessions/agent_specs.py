@@ -1,7 +1,12 @@
 """AgentSpec: what registers an agent on a session, validated strictly, and where it may point.
 
 An AgentSpec (WIRE.md 6) is ``{id, name?, endpoint, method?: "POST", headers?, triggers?:
-"all"|"user-messages", bodyTemplate?}``. ``parse()`` checks one, whatever brings it (the
+"all"|"user-messages"|"mention", bodyTemplate?}``, plus the runtime's options of ours (all
+optional, see docs/agents.md): ``format`` (the dialect the agent streams, ``auto`` by default),
+``policy`` (what a new message does while the agent answers: ``queue``, ``interrupt``,
+``parallel``, ``reject``), ``onInterrupt`` (``error`` or ``retry`` a generation whose worker
+died), ``retries`` (0 to 5, before the first token) and ``timeouts`` (``{connect, firstToken,
+betweenTokens, total}`` in seconds). ``parse()`` checks one, whatever brings it (the
 agents API, an inline ``agent`` on a message, ``defaultAgents`` on login, ``DEFAULT_AGENTS``
 in settings), and raises ``SpecInvalid`` (400) saying which field is wrong. Unknown fields are
 ignored, as everywhere in the session API.
@@ -71,6 +76,12 @@ RESERVED_HEADERS = frozenset(
     }
 )
 FIELDS = ("id", "name", "endpoint", "method", "headers", "triggers", "bodyTemplate")
+FORMATS = ("auto", "tanstack", "vercel", "openai", "agui")
+POLICIES = ("queue", "interrupt", "parallel", "reject")
+ON_INTERRUPT = ("error", "retry")
+TIMEOUTS = ("connect", "firstToken", "betweenTokens", "total")
+MAX_RETRIES = 5
+MAX_TIMEOUT = 24 * 3600.0
 
 
 class SpecInvalid(errors.Invalid):
@@ -102,6 +113,7 @@ class AgentSpec:
     headers: dict[str, str] = field(default_factory=dict)
     triggers: str = DEFAULT_TRIGGERS
     body_template: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the runtime's: see ``_options``
 
     @property
     def is_python(self) -> bool:
@@ -167,6 +179,42 @@ def _body_template(value: Any) -> dict[str, Any]:
     return value
 
 
+def _options(data: dict[str, Any]) -> dict[str, Any]:
+    """The runtime's options of ``data`` that are given, checked (absent ones are left out:
+    the runtime's settings give their defaults)."""
+    options: dict[str, Any] = {}
+    for name, allowed in (("format", FORMATS), ("policy", POLICIES), ("onInterrupt", ON_INTERRUPT)):
+        if name in data and data[name] is not None:
+            if not isinstance(data[name], str) or data[name] not in allowed:
+                raise SpecInvalid(name, f"must be one of {', '.join(allowed)}")
+            options[name] = data[name]
+    retries = data.get("retries")
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise SpecInvalid("retries", "must be an integer")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise SpecInvalid("retries", f"must be from 0 to {MAX_RETRIES}")
+        options["retries"] = retries
+    timeouts = data.get("timeouts")
+    if timeouts is not None:
+        if not isinstance(timeouts, dict):
+            raise SpecInvalid("timeouts", f"must be an object with {', '.join(TIMEOUTS)}")
+        checked: dict[str, float] = {}
+        for name, value in timeouts.items():
+            if name not in TIMEOUTS:
+                raise SpecInvalid(
+                    "timeouts", f"{str(name)[:40]!r} is not one of {', '.join(TIMEOUTS)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SpecInvalid("timeouts", f"{name} must be a number of seconds")
+            if not 0 < value <= MAX_TIMEOUT:
+                raise SpecInvalid("timeouts", f"{name} must be above 0 and at most {MAX_TIMEOUT:g}")
+            checked[name] = float(value)
+        if checked:
+            options["timeouts"] = checked
+    return options
+
+
 def check_endpoint_syntax(value: Any) -> str:
     """``value`` if it is an endpoint an AgentSpec may name (see the module docstring), without
     resolving anything; ``SpecInvalid`` otherwise."""
@@ -208,6 +256,7 @@ def parse(data: Any) -> AgentSpec:
         headers=_headers(data.get("headers")),
         triggers=triggers,
         body_template=_body_template(data.get("bodyTemplate")),
+        options=_options(data),
     )
 
 
@@ -239,6 +288,7 @@ def public_spec(spec: AgentSpec) -> dict[str, Any]:
         "method": spec.method,
         "bodyTemplate": spec.body_template,
         "headerNames": sorted(spec.headers),
+        **spec.options,
     }
 
 

@@ -57,6 +57,7 @@ def spec_of(agent: Agent) -> AgentSpec:
         headers=dict(agent.headers or {}),
         triggers=agent.triggers,
         body_template=dict(agent.body_template or {}),
+        options=dict(agent.options or {}),
     )
 
 
@@ -70,6 +71,7 @@ def _wire(spec: AgentSpec) -> dict[str, Any]:
         "headers": spec.headers,
         "triggers": spec.triggers,
         "bodyTemplate": spec.body_template,
+        **spec.options,
     }
 
 
@@ -135,6 +137,7 @@ def register(
                     "headers": spec.headers,
                     "triggers": spec.triggers,
                     "body_template": spec.body_template,
+                    "options": spec.options,
                 },
                 create_defaults={
                     "name": spec.name,
@@ -143,6 +146,7 @@ def register(
                     "headers": spec.headers,
                     "triggers": spec.triggers,
                     "body_template": spec.body_template,
+                    "options": spec.options,
                     "created_by": None if trusted else by,
                 },
             )

@@ -51,3 +51,10 @@ class Unavailable(SessionError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "the log is unavailable, retry"
     default_code = "unavailable"
+
+
+class Fenced(Conflict):
+    """A write by an agent worker whose claim was taken over: it may not write any more."""
+
+    default_detail = "the claim was taken over"
+    default_code = "fenced"

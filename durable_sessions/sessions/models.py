@@ -23,7 +23,7 @@ AWAY = "away"
 OFFLINE = "offline"
 STATUSES = (ONLINE, AWAY, OFFLINE)
 
-TRIGGERS = ("all", "user-messages")
+TRIGGERS = ("all", "user-messages", "mention")
 MESSAGE_ROLES = ("user", "assistant", "system")
 
 
@@ -99,6 +99,8 @@ class Agent(models.Model):
     headers = models.JSONField(default=dict, blank=True)
     triggers = models.CharField(max_length=32, default="user-messages")
     body_template = models.JSONField(default=dict, blank=True)
+    # The runtime's options (format, policy, onInterrupt, retries, timeouts): not secrets.
+    options = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

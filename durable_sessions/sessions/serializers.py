@@ -66,6 +66,15 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class TimeoutsDoc(serializers.Serializer):
+    """An agent's timeouts, in seconds."""
+
+    connect = serializers.FloatField(required=False, min_value=0)
+    firstToken = serializers.FloatField(required=False, min_value=0)
+    betweenTokens = serializers.FloatField(required=False, min_value=0)
+    total = serializers.FloatField(required=False, min_value=0)
+
+
 class AgentSpecDoc(serializers.Serializer):
     """An AgentSpec (WIRE.md 6), as the schema describes it; ``AgentSpecField`` validates."""
 
@@ -83,6 +92,23 @@ class AgentSpecDoc(serializers.Serializer):
     )
     triggers = serializers.ChoiceField(choices=list(TRIGGERS), required=False)
     bodyTemplate = serializers.DictField(required=False)
+    format = serializers.ChoiceField(
+        choices=list(agent_specs.FORMATS), required=False, help_text="What the agent streams."
+    )
+    policy = serializers.ChoiceField(
+        choices=list(agent_specs.POLICIES),
+        required=False,
+        help_text="What a new message does while the agent answers (default queue).",
+    )
+    onInterrupt = serializers.ChoiceField(
+        choices=list(agent_specs.ON_INTERRUPT),
+        required=False,
+        help_text="A generation whose worker died: end it with an error, or retry it.",
+    )
+    retries = serializers.IntegerField(
+        required=False, min_value=0, max_value=agent_specs.MAX_RETRIES
+    )
+    timeouts = TimeoutsDoc(required=False)
 
 
 @extend_schema_field(AgentSpecDoc)

@@ -9,7 +9,9 @@
 - **Seq never reused**: each message's chunks are appended with the idempotent producer
   ``chunk:<messageId>`` (epoch 0, producer seq = chunk seq). The log itself refuses a seq that
   is already written (a duplicate) or skips one (a gap), whatever process writes, also after
-  a reset.
+  a reset. The agent runtime writes its generations under the epoch of its claim (producer seq
+  counted per epoch): a worker whose claim was taken over is refused (``errors.Fenced``) as soon
+  as the new holder has written to that message.
 """
 
 from __future__ import annotations
@@ -89,12 +91,18 @@ def append_chunk(
     role: str,
     chunk: dict[str, Any] | Callable[[str], dict[str, Any]],
     txid: str | None = None,
+    epoch: int = 0,
+    producer_seq: int | None = None,
+    expect_tail: str | None = None,
 ) -> streams.Appended:
     """Append chunk ``seq`` of ``message_id``, stamped by the session clock. ``chunk`` is the
     decoded payload, or a function of the ``createdAt`` it gets (a whole message states it).
 
     ``errors.Conflict`` when that seq of that message is already written (``duplicate`` is
-    set on the error) or when it would skip one.
+    set on the error) or when it would skip one. The runtime passes its claim's ``epoch`` and
+    its own ``producer_seq``; ``errors.Fenced`` when a later epoch wrote to the message. With
+    ``expect_tail`` the chunk lands exactly at that offset or not at all (``Conflict``,
+    ``tail_moved``).
     """
     with _order_lock(session.pk):
         created_at = state.timestamp(tick(session.pk) / 1000)
@@ -103,10 +111,15 @@ def append_chunk(
             message_id, seq, actor_id=actor_id, role=role, chunk=payload, created_at=created_at
         )
         event = state.chunk_event(value, txid=txid)
-        future = _submit(session.stream_path, [event], (f"chunk:{message_id}", 0, seq))
+        producer = (f"chunk:{message_id}", epoch, seq if producer_seq is None else producer_seq)
+        future = _submit(session.stream_path, [event], producer, expect_tail)
     try:
         result = _result(future)
-    except streams.Conflict as exc:  # a producer gap: an earlier seq is missing
+    except streams.StaleProducerEpoch as exc:
+        raise errors.Fenced(f"message {message_id} is written under a later claim") from exc
+    except streams.Conflict as exc:  # a producer gap, or the tail moved
+        if exc.code == "tail_moved":
+            raise errors.Conflict(str(exc), code="tail_moved") from exc
         raise errors.Conflict(f"chunk {seq} of message {message_id} skips one") from exc
     if result.duplicate:
         conflict = errors.Conflict(f"chunk {seq} of message {message_id} is already written")

@@ -1,0 +1,454 @@
+"""One claim of one session: take over what a dead worker left, then answer what arrives.
+
+A ``SessionRun`` holds the session's agents subscription under a lease (heartbeats keep it),
+follows the session stream from the subscription's acked offset, and for every batch finds the
+triggers (``triggers.py``), opens a job per generation (once per trigger: ``jobs.open_job``)
+and runs the generations, applying each agent's policy when it is already answering
+(``queue``, ``interrupt``, ``parallel``, ``reject``). A ``stop-request`` row on the stream stops
+the generation it names. When nothing runs and the stream is read to its tail, its own writes
+included, the run acks ``done`` there and ends.
+
+At the start, the jobs an earlier claim left running are taken over: one that wrote nothing is
+run again; one cut off mid-answer is ended with ``error`` (code ``interrupted``), written
+under this claim's epoch at the exact tail the run read (so nothing the dead worker may still
+write lands after it), or ended and retried under a new messageId (``onInterrupt: retry``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from durable_sessions import state, streams
+from durable_sessions.agents import history, invoke, jobs, triggers
+from durable_sessions.agents import models as m
+from durable_sessions.agents.generation import Generation, Outcome, option
+from durable_sessions.agents.writer import Lease, LeaseLost, Writer, db
+from durable_sessions.conf import ds_settings
+from durable_sessions.sessions import agents as registry
+from durable_sessions.sessions import cache, errors
+from durable_sessions.sessions.agent_specs import AgentSpec
+from durable_sessions.sessions.models import Session
+from durable_sessions.streams import subscriptions
+
+if TYPE_CHECKING:
+    from durable_sessions.agents.worker import AgentWorker
+
+logger = logging.getLogger("durable_sessions.agents")
+
+STOP_REQUEST = "stop-request"
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Running:
+    """A generation in flight, its task and its job."""
+
+    generation: Generation
+    task: asyncio.Task[Outcome]
+    job: m.Job
+
+
+def _session_state(path: str) -> tuple[state.SessionState, str]:
+    with cache.caught_up(path) as (session_state, offset):
+        return session_state, offset
+
+
+class SessionRun:
+    """The work of one claim (see the module docstring)."""
+
+    def __init__(self, worker: AgentWorker, claim: subscriptions.Claim, session: Session) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.session = session
+        self.path = session.stream_path
+        self.lease = Lease(claim.lease_ttl_ms / 1000)
+        self.running: dict[str, Running] = {}  # by messageId
+        self.queued: dict[str, deque[tuple[AgentSpec, m.Job]]] = {}
+        self.changed = asyncio.Event()
+        self.stopping = False
+        self.log = logging.LoggerAdapter(
+            logger, {"session": str(session.pk), "claim": claim.generation}
+        )
+
+    # -- the claim ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Work until idle, then ack; on a lost lease, stop writing and leave."""
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        try:
+            await self._take_over()
+            link = next((s for s in self.claim.streams if s.path == self.path), None)
+            offset = str(link.acked) if link is not None else "-1"
+            offset = await self._follow(offset)
+            if not self.lease.lost:
+                try:
+                    await subscriptions.aack(self.claim, {self.path: offset}, done=True)
+                except subscriptions.Fenced:
+                    self.log.warning("claim fenced before its ack: another worker has it")
+        finally:
+            heartbeat.cancel()
+            for running in list(self.running.values()):
+                running.task.cancel()
+            if self.running:
+                await asyncio.gather(
+                    *(r.task for r in self.running.values()), return_exceptions=True
+                )
+
+    async def _heartbeat(self) -> None:
+        interval = max(0.2, self.lease.ttl / 4)
+        while True:
+            await asyncio.sleep(interval)
+            started = time.monotonic()
+            try:
+                await subscriptions.aheartbeat(self.claim)
+            except subscriptions.Fenced:
+                self.log.warning("the claim was taken over: this worker stops writing")
+                self.lease.lost = True
+                for running in self.running.values():
+                    running.task.cancel()
+                self.changed.set()
+                return
+            except Exception:  # the database is away: the lease deadline decides
+                self.log.exception("heartbeat failed")
+                continue
+            self.lease.renewed(started)
+
+    async def _follow(self, offset: str) -> str:
+        """Read from ``offset`` and handle each batch until idle at the tail; the offset
+        reached."""
+        batches: asyncio.Queue[streams.ReadResult | BaseException] = asyncio.Queue()
+        up_to_date = False
+
+        async def read() -> None:
+            try:
+                async for batch in streams.subscribe(self.path, offset):
+                    await batches.put(batch)
+            except BaseException as exc:
+                await batches.put(exc)
+
+        info = await streams.ainfo(self.path)
+        up_to_date = str(info.tail) == offset
+        reader = asyncio.ensure_future(read())
+        try:
+            while not self.lease.lost:
+                if up_to_date and not self.running and not any(self.queued.values()):
+                    return offset
+                if self.stopping and not self.running:
+                    return offset
+                self.changed.clear()
+                getter = asyncio.ensure_future(batches.get())
+                waiter = asyncio.ensure_future(self.changed.wait())
+                done, _pending = await asyncio.wait(
+                    {getter, waiter}, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    continue
+                item = getter.result()
+                if isinstance(item, BaseException):
+                    if isinstance(item, streams.StreamNotFound | streams.StreamGone):
+                        self.log.info("the session's stream is gone")
+                        return offset
+                    raise item
+                if not self.stopping:
+                    await self._handle(item.messages())
+                offset, up_to_date = str(item.next), item.up_to_date
+            return offset
+        finally:
+            reader.cancel()
+
+    # -- what arrives ------------------------------------------------------------------------
+
+    async def _handle(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, dict) and event.get("type") == STOP_REQUEST:
+                value = event.get("value") if isinstance(event.get("value"), dict) else {}
+                target = self.running.get(str(event.get("key")))
+                if target is not None:
+                    target.generation.stop(str(value.get("actorId", "")), "user")
+        arrived = triggers.arrivals(events)
+        if not arrived:
+            return
+        specs, registered_at = await db(self._agents)
+        if not specs:
+            return
+        session_state, _offset = await db(_session_state, self.path)
+        depth_of = await db(jobs.depths, self.session, [a.message_id for a in arrived])
+        plans = triggers.plans(
+            arrived,
+            session_state=session_state,
+            agents=specs,
+            registered_at=registered_at,
+            depth_of=depth_of,
+            max_chain=int(ds_settings.AGENT_MAX_CHAIN),
+        )
+        for plan in plans:
+            await self._plan(plan, session_state.message(plan.source_message_id))
+
+    def _agents(self) -> tuple[list[AgentSpec], dict[str, Any]]:
+        return registry.registered(self.session), jobs.registered_at(self.session)
+
+    async def _plan(self, plan: triggers.Plan, source: state.Message | None) -> None:
+        busy = [r for r in self.running.values() if r.job.agent_id == plan.agent.id]
+        policy = option(plan.agent, "policy")
+        initiated_by = None
+        if source is not None:
+            initiated_by = await db(jobs.initiator, self.session, source.actor_id, source.id)
+        status = m.REJECTED if busy and policy == "reject" else m.QUEUED
+        job = await db(
+            jobs.open_job,
+            self.session,
+            key=plan.key,
+            agent_id=plan.agent.id,
+            trigger=plan.trigger,
+            trigger_message_id=plan.trigger_message_id,
+            message_id=str(uuid.uuid4()),
+            depth=plan.depth,
+            initiated_by_id=initiated_by,
+            status=status,
+            worker=self.worker.name,
+            generation=self.claim.generation,
+        )
+        if job is None:
+            return  # answered, or being answered, already
+        self.log.info(
+            "job %s: %s answers %s (%s)",
+            job.pk,
+            plan.agent.id,
+            plan.trigger_message_id,
+            plan.trigger,
+        )
+        if status == m.REJECTED:
+            await db(jobs.update, job, ended_at=jobs.now(), error_code="busy")
+            return
+        if busy and policy == "interrupt":
+            by = source.actor_id if source is not None else ""
+            for running in busy:
+                running.generation.stop(by, INTERRUPTED)
+        if busy and policy in ("queue", "interrupt"):
+            self.queued.setdefault(plan.agent.id, deque()).append((plan.agent, job))
+            return
+        await self._start(plan.agent, job)
+
+    # -- generations -------------------------------------------------------------------------
+
+    async def _start(self, spec: AgentSpec, job: m.Job) -> None:
+        session_state, _offset = await db(_session_state, self.path)
+        upto = job.trigger_message_id if job.trigger in triggers.MESSAGE_TRIGGERS else None
+        if job.trigger == "regenerate":  # a new answer to the message its own answer followed
+            ids = [msg.id for msg in session_state.messages()]
+            source = session_state.message(job.trigger_message_id)
+            if source is not None and source.actor_id == spec.id and source.id in ids:
+                index = ids.index(source.id)
+                upto = ids[index - 1] if index > 0 else None
+        invocation = invoke.Invocation(
+            session_id=str(self.session.pk),
+            agent_id=spec.id,
+            message_id=job.message_id,
+            messages=history.history(session_state, upto=upto),
+            body_template=spec.body_template,
+            headers=spec.headers,
+            endpoint=spec.endpoint,
+            trigger_message_id=job.trigger_message_id,
+        )
+        writer = Writer(
+            self.session,
+            job.message_id,
+            actor_id=spec.id,
+            lease=self.lease,
+            epoch=self.claim.generation,
+        )
+
+        async def first_token() -> None:
+            await db(jobs.update, job, first_token_at=jobs.now())
+
+        generation = Generation(
+            spec, job.message_id, writer, invocation, on_first_token=first_token
+        )
+        await db(
+            jobs.update,
+            job,
+            status=m.RUNNING,
+            started_at=jobs.now(),
+            worker=self.worker.name,
+            claim_generation=self.claim.generation,
+        )
+        await db(_generating, self.session, True)
+        task = asyncio.ensure_future(self._run(generation, job))
+        self.running[job.message_id] = Running(generation, task, job)
+
+    async def _run(self, generation: Generation, job: m.Job) -> Outcome:
+        try:
+            async with self.worker.slot():
+                outcome = await generation.run()
+        except asyncio.CancelledError:
+            self.running.pop(job.message_id, None)
+            self.changed.set()
+            raise
+        self.running.pop(job.message_id, None)
+        try:
+            await self._ended(generation, job, outcome)
+        finally:
+            self.changed.set()
+        return outcome
+
+    async def _ended(self, generation: Generation, job: m.Job, outcome: Outcome) -> None:
+        if outcome.status == "lost":
+            self.log.warning(
+                "job %s: the claim was lost mid-answer; its new holder ends it", job.pk
+            )
+            return
+        usage = outcome.usage or {}
+        tokens_in = usage.get("promptTokens", usage.get("inputTokens"))
+        tokens_out = usage.get("completionTokens", usage.get("outputTokens"))
+        counted = not isinstance(tokens_out, int)
+        if counted:
+            tokens_in = (
+                sum(len(str(msg.get("content") or "")) for msg in generation.invocation.messages)
+                // 4
+            )
+            tokens_out = outcome.deltas
+        await db(
+            jobs.update,
+            job,
+            status={"done": m.DONE, "stop": m.STOPPED}.get(outcome.status, m.ERROR),
+            ended_at=jobs.now(),
+            attempts=outcome.attempts,
+            tokens_in=tokens_in if isinstance(tokens_in, int) else None,
+            tokens_out=tokens_out,
+            usage_counted=counted,
+            error_code=outcome.error_code[:64],
+            error_message=outcome.error_message[:2000],
+            stopped_by=outcome.stopped_by[:255],
+        )
+        self.log.info("job %s ended: %s %s", job.pk, outcome.status, outcome.error_code)
+        waiting = self.queued.get(job.agent_id)
+        if waiting and not self.stopping:
+            spec, next_job = waiting.popleft()
+            await self._start(spec, next_job)
+        if not self.running:
+            await db(_generating, self.session, False)
+
+    # -- taking over -------------------------------------------------------------------------
+
+    async def _take_over(self) -> None:
+        left = await db(jobs.orphans, self.session, self.claim.generation)
+        if not left:
+            return
+        specs = {spec.id: spec for spec in (await db(self._agents))[0]}
+        for job in left:
+            await db(jobs.adopt, job, worker=self.worker.name, generation=self.claim.generation)
+            spec = specs.get(job.agent_id)
+            if spec is None:
+                await db(
+                    jobs.update,
+                    job,
+                    status=m.ERROR,
+                    ended_at=jobs.now(),
+                    error_code="agent_removed",
+                )
+                continue
+            if job.status == m.QUEUED:
+                await self._plan_again(spec, job)
+                continue
+            await self._end_cut_off(spec, job)
+
+    async def _plan_again(self, spec: AgentSpec, job: m.Job) -> None:
+        if any(r.job.agent_id == spec.id for r in self.running.values()):
+            self.queued.setdefault(spec.id, deque()).append((spec, job))
+        else:
+            await self._start(spec, job)
+
+    async def _end_cut_off(self, spec: AgentSpec, job: m.Job) -> None:
+        for _ in range(8):
+            session_state, offset = await db(_session_state, self.path)
+            message = session_state.message(job.message_id)
+            if message is None:  # it wrote nothing: run it again, as if it never started
+                self.log.info("job %s wrote nothing before its worker stopped: run again", job.pk)
+                await self._plan_again(spec, job)
+                return
+            if message.complete:
+                status = {"done": m.DONE, "stop": m.STOPPED}.get(message.status, m.ERROR)
+                await db(jobs.update, job, status=status, ended_at=jobs.now())
+                return
+            stopped_by = _stop_requested(session_state, job.message_id)
+            if stopped_by is not None:
+                chunk = state.stop_chunk("user")
+                chunk["stoppedBy"] = stopped_by
+            else:
+                chunk = state.error_chunk(
+                    "the worker running this answer stopped before it ended", INTERRUPTED
+                )
+            writer = Writer(
+                self.session,
+                job.message_id,
+                actor_id=spec.id,
+                lease=self.lease,
+                epoch=self.claim.generation,
+                first_seq=session_state.next_seq(job.message_id),
+            )
+            try:
+                await writer.write(chunk, expect_tail=offset)
+            except errors.Conflict:
+                continue  # something was appended meanwhile (the old worker?): read again
+            except LeaseLost:
+                return
+            break
+        else:
+            self.log.error("job %s: could not end the cut-off generation", job.pk)
+            return
+        ended = m.STOPPED if stopped_by is not None else m.INTERRUPTED
+        await db(
+            jobs.update,
+            job,
+            status=ended,
+            ended_at=jobs.now(),
+            error_code="" if stopped_by else INTERRUPTED,
+        )
+        self.log.info("job %s: cut off by its worker's end, now %s", job.pk, ended)
+        if stopped_by is None and option(spec, "onInterrupt") == "retry":
+            retry = await db(
+                jobs.open_job,
+                self.session,
+                key=f"{job.key} #{job.attempts + 1}",
+                agent_id=spec.id,
+                trigger="retry",
+                trigger_message_id=job.trigger_message_id,
+                message_id=str(uuid.uuid4()),
+                depth=job.depth,
+                initiated_by_id=job.initiated_by_id,
+                status=m.QUEUED,
+                worker=self.worker.name,
+                generation=self.claim.generation,
+            )
+            if retry is not None:
+                await self._plan_again(spec, retry)
+
+    # -- leaving -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Start nothing more; end when what runs has ended (graceful shutdown)."""
+        self.stopping = True
+        self.changed.set()
+
+
+def _stop_requested(session_state: state.SessionState, message_id: str) -> str | None:
+    row = session_state.get(STOP_REQUEST, message_id)
+    return str(row.get("actorId", "")) if row is not None else None
+
+
+def _generating(session: Session, on: bool) -> None:
+    from django.utils import timezone
+
+    rows = Session.objects.filter(pk=session.pk)
+    if on:
+        rows.filter(generating_since__isnull=True).update(generating_since=timezone.now())
+    else:
+        rows.update(generating_since=None)

@@ -1,0 +1,160 @@
+"""The agent worker: follows the wake stream, claims sessions, runs their generations.
+
+``AgentWorker.run()`` is the whole runtime of one process (``manage.py run_agents``, or a
+thread of the server process in the embedded default, ``embedded.py``). It follows the wake
+stream from its tail, then asks every agents subscription with pending work to wake (what
+arrived while no worker ran), and for each wake claims the session (``AlreadyClaimed`` and
+``NoPendingWork`` only mean another worker was quicker) and hands the claim to a
+``SessionRun``. Many sessions run at once; ``AGENT_CONCURRENCY`` bounds the generations.
+Any number of workers may run, on any number of machines: the claims share the sessions out.
+
+``stop()`` is the graceful end (SIGTERM): no new claim, and each run finishes the generations
+it has, for up to ``AGENT_SHUTDOWN_GRACE`` seconds; then the rest are cut and their claims
+released, so that another worker takes them over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+
+from durable_sessions import streams
+from durable_sessions.agents import links
+from durable_sessions.agents.session_run import SessionRun
+from durable_sessions.agents.writer import db
+from durable_sessions.conf import ds_settings
+from durable_sessions.sessions.models import Session
+from durable_sessions.streams import subscriptions
+
+logger = logging.getLogger("durable_sessions.agents")
+
+
+def _pending_subscriptions() -> list[str]:
+    """Every session with agents has its subscription (made again if it was lost); wake
+    those with pending work. Returns their ids."""
+    from durable_sessions.streams.subscriptions import leases
+
+    ids = []
+    for session in Session.objects.filter(agents__isnull=False).distinct():
+        links.ensure(session)
+        ids.append(links.subscription_id(session.pk))
+    leases.wake_if_pending(ids)
+    return ids
+
+
+class AgentWorker:
+    """The runtime of one process (see the module docstring)."""
+
+    def __init__(self, name: str | None = None, *, concurrency: int | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.concurrency = int(concurrency or ds_settings.AGENT_CONCURRENCY)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self.runs: dict[str, SessionRun] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the worker follows the wake stream
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the worker's ``AGENT_CONCURRENCY`` generation slots."""
+        async with self._slots:
+            yield
+
+    async def run(self) -> None:
+        """Work until ``stop()``; then end gracefully."""
+        wake_path = await db(links.wake_stream)
+        tail = (await streams.ainfo(wake_path)).tail
+        follower = asyncio.ensure_future(self._follow(wake_path, str(tail)))
+        try:
+            await db(_pending_subscriptions)
+            self.ready.set()
+            logger.info("agent worker %s follows %s", self.name, wake_path)
+            await self._stopping.wait()
+        finally:
+            follower.cancel()
+            await self._drain()
+
+    def stop(self) -> None:
+        """End gracefully (from the worker's loop)."""
+        self._stopping.set()
+
+    async def _follow(self, wake_path: str, offset: str) -> None:
+        while True:
+            try:
+                async for wake in subscriptions.wakes(wake_path, offset):
+                    offset = str(wake.next)
+                    if links.session_id_of(wake.subscription_id) is not None:
+                        self.kick(wake.subscription_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the log is away: follow again from where it was
+                logger.exception("following %s failed; again in a second", wake_path)
+                await asyncio.sleep(1.0)
+
+    def kick(self, subscription_id: str) -> None:
+        """Claim ``subscription_id`` and work on it (again, if this worker already does)."""
+        if self._stopping.is_set():
+            return
+        if subscription_id in self._tasks:
+            self._again.add(subscription_id)
+            return
+        task = asyncio.ensure_future(self._claim_and_run(subscription_id))
+        self._tasks[subscription_id] = task
+
+    async def _claim_and_run(self, subscription_id: str) -> None:
+        session_id = links.session_id_of(subscription_id)
+        try:
+            while not self._stopping.is_set():
+                self._again.discard(subscription_id)
+                try:
+                    claim = await subscriptions.aclaim(subscription_id, self.name)
+                except (
+                    subscriptions.AlreadyClaimed,
+                    subscriptions.NoPendingWork,
+                    subscriptions.SubscriptionNotFound,
+                ):
+                    return
+                session = await db(lambda: Session.objects.filter(pk=session_id).first())
+                if session is None:
+                    await subscriptions.adelete(subscription_id)
+                    return
+                run = SessionRun(self, claim, session)
+                self.runs[subscription_id] = run
+                try:
+                    await run.run()
+                finally:
+                    self.runs.pop(subscription_id, None)
+                if subscription_id not in self._again:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception(
+                "session %s: the run failed; its lease lapses and it is retried", session_id
+            )
+        finally:
+            self._tasks.pop(subscription_id, None)
+
+    async def _drain(self) -> None:
+        """The graceful end: let the runs finish, up to the grace, then cut and release."""
+        for run in list(self.runs.values()):
+            run.stop()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _done, pending = await asyncio.wait(
+                tasks, timeout=float(ds_settings.AGENT_SHUTDOWN_GRACE)
+            )
+            runs = [run for run in self.runs.values()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for run in runs:
+                with contextlib.suppress(Exception):
+                    await subscriptions.arelease(run.claim)
+        logger.info("agent worker %s stopped", self.name)

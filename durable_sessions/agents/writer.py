@@ -1,0 +1,139 @@
+"""Writing a generation's chunks onto the session, under the worker's claim.
+
+``Writer.write`` appends one chunk as the next seq of its message, with the producer
+``chunk:<messageId>`` under the claim's generation as epoch (``writes.append_chunk``): once a
+worker that took the session over has written to that message, this one is refused. Before
+each append the writer also checks its ``Lease``: when the last heartbeat is too old for the
+lease to surely hold, it writes nothing more (``LeaseLost``), so a worker frozen past its lease
+stops by itself. ORM and log calls run on ``db()``'s threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from django.db import close_old_connections, connection
+
+from durable_sessions.sessions import errors, writes
+from durable_sessions.sessions.models import Session
+
+logger = logging.getLogger("durable_sessions.agents")
+
+T = TypeVar("T")
+DB_THREADS = 8
+UNAVAILABLE_RETRIES = 5
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _pool_() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="durable-sessions-agents-db")
+    return _pool
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        close_old_connections()
+
+
+async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on one of the runtime's database threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool_(), functools.partial(_call, fn, *args, **kwargs))
+
+
+class LeaseLost(Exception):
+    """The claim may no longer hold (no recent heartbeat) or was taken over: write nothing."""
+
+
+class Lease:
+    """The worker's view of its claim: valid until ``deadline`` (monotonic seconds), which each
+    successful heartbeat moves; a margin keeps the worker's view inside the server's lease."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.deadline = time.monotonic() + ttl * 0.75
+        self.lost = False
+
+    def renewed(self, started: float) -> None:
+        """A heartbeat sent at ``started`` (monotonic) succeeded."""
+        self.deadline = max(self.deadline, started + self.ttl * 0.75)
+
+    def valid(self) -> bool:
+        """Whether the claim surely still holds."""
+        return not self.lost and time.monotonic() < self.deadline
+
+
+class Writer:
+    """The chunks of one message, written in order from ``first_seq``."""
+
+    def __init__(
+        self,
+        session: Session,
+        message_id: str,
+        *,
+        actor_id: str,
+        lease: Lease,
+        epoch: int,
+        first_seq: int = 0,
+        on_written: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.message_id = message_id
+        self.actor_id = actor_id
+        self.lease = lease
+        self.epoch = epoch
+        self.seq = first_seq
+        self.producer_seq = 0
+        self.on_written = on_written
+
+    def _append(self, chunk: dict[str, Any], expect_tail: str | None) -> None:
+        writes.append_chunk(
+            self.session,
+            message_id=self.message_id,
+            seq=self.seq,
+            actor_id=self.actor_id,
+            role="assistant",
+            chunk=chunk,
+            epoch=self.epoch,
+            producer_seq=self.producer_seq,
+            expect_tail=expect_tail,
+        )
+
+    async def write(self, chunk: dict[str, Any], *, expect_tail: str | None = None) -> None:
+        """Append ``chunk`` as the next seq. ``LeaseLost`` when the claim may not hold; with
+        ``expect_tail``, ``errors.Conflict`` (``tail_moved``) when the stream moved on."""
+        for attempt in range(UNAVAILABLE_RETRIES):
+            if not self.lease.valid():
+                raise LeaseLost(f"the claim may have lapsed: {self.message_id} not written")
+            try:
+                await db(self._append, chunk, expect_tail)
+            except errors.Fenced as exc:
+                self.lease.lost = True
+                raise LeaseLost(str(exc)) from exc
+            except errors.Unavailable:
+                if attempt == UNAVAILABLE_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)  # the log is down: wait, then again
+                continue
+            except errors.Conflict as exc:
+                if getattr(exc, "duplicate", False):  # written before an unknown commit
+                    break
+                raise
+            break
+        self.seq += 1
+        self.producer_seq += 1
+        if self.on_written is not None:
+            self.on_written(chunk)

@@ -1,0 +1,266 @@
+"""The agent runtime in one process: a real worker, real Python agents, the real log.
+
+Posting writes only the message; the worker, woken through the session's subscription, claims
+the session and answers. Each test reads what a client would: the materialized messages, and
+the job rows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.contrib.auth.models import User
+
+from durable_sessions.agents import links
+from durable_sessions.agents.models import Job
+from durable_sessions.sessions import service
+from durable_sessions.streams import subscriptions
+from tests.agents import scripted
+from tests.agents.runtime import (
+    agent,
+    answers,
+    jobs_of,
+    messages,
+    post,
+    running_worker,
+    session_with,
+    text,
+    wait_for_answers,
+)
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _scripts():
+    scripted.reset()
+    yield
+    scripted.reset()
+
+
+@pytest.fixture
+def alice(transactional_db) -> User:
+    return User.objects.create_user("alice", password="pw-alice")
+
+
+def test_a_user_message_is_answered_by_the_registered_agent(alice):
+    sid = session_with(alice, agent("echo", "echo"))
+    with running_worker():
+        mid = post(alice, sid, "hello there")
+        [answer] = wait_for_answers(alice, sid, "echo")
+    assert text(answer).strip() == "echo: hello there"
+    assert answer["role"] == "assistant" and answer["status"] == "done"
+    [job] = jobs_of(sid)
+    assert job.trigger == "user-messages" and job.trigger_message_id == mid
+    assert job.status == "done" and job.message_id == answer["id"]
+    assert job.first_token_at is not None and job.ended_at is not None
+    assert job.tokens_out and job.usage_counted  # the script reports no usage: counted
+    # the worker acked its own writes too: nothing is pending, nothing answered twice
+    info = subscriptions.get(links.subscription_id(sid))
+    assert not any(link.has_pending for link in info.streams)
+    assert [m["role"] for m in messages(alice, sid)] == ["user", "assistant"]
+
+
+def test_a_message_posted_while_no_worker_runs_is_answered_when_one_starts(alice):
+    sid = session_with(alice, agent("echo", "echo"))
+    post(alice, sid, "anyone?")  # nobody listens to the wake stream yet
+    with running_worker():
+        [answer] = wait_for_answers(alice, sid, "echo")
+    assert text(answer).strip() == "echo: anyone?"
+
+
+def test_history_before_the_agent_was_registered_is_not_answered(alice):
+    sid = session_with(alice)
+    post(alice, sid, "before any agent")
+    service.agent_register(user=alice, session_id=sid, specs=[])  # (nothing)
+    from durable_sessions.sessions import agents as registry
+    from durable_sessions.sessions.models import Session
+
+    registry.register(Session.objects.get(pk=sid), [agent("echo", "echo")], by=alice, trusted=True)
+    with running_worker():
+        post(alice, sid, "after")
+        [answer] = wait_for_answers(alice, sid, "echo")
+    assert text(answer).strip() == "echo: after"
+    assert len(jobs_of(sid)) == 1
+
+
+def test_plain_strings_are_text_and_a_stream_without_done_is_completed(alice):
+    sid = session_with(alice, agent("plain", "plain"))
+    with running_worker():
+        post(alice, sid, "hi")
+        [answer] = wait_for_answers(alice, sid, "plain")
+    assert text(answer) == "plain text reply "
+    assert answer["status"] == "done"
+
+
+def test_stop_aborts_the_agent_within_100_ms_and_keeps_the_partial_answer(alice):
+    sid = session_with(alice, agent("slow", "slow"))
+    with running_worker():
+        post(alice, sid, "go on")
+        [streaming] = wait_for_answers(alice, sid, "slow", complete=False)
+        wait_until(lambda: len(text(answers(alice, sid, "slow")[0])) > 20, 10, what="tokens")
+        asked = time.monotonic()
+        stopped = service.generation_stop(user=alice, session_id=sid)
+        assert stopped == [streaming["id"]]
+        [answer] = wait_for_answers(alice, sid, "slow")
+    aborted = scripted.CANCELLED[streaming["id"]] - asked
+    print(f"stop to agent cancelled: {aborted * 1000:.1f} ms")
+    assert aborted < 0.1
+    assert answer["status"] == "stop" and text(answer).startswith("t0 t1 ")
+    [job] = jobs_of(sid)
+    assert job.status == "stop" and job.stopped_by == "alice"
+
+
+def test_an_agent_that_never_answers_ends_with_a_timeout_error(alice):
+    sid = session_with(alice, agent("silent", "silent", timeouts={"firstToken": 0.3}, retries=0))
+    with running_worker():
+        post(alice, sid, "hello?")
+        [answer] = wait_for_answers(alice, sid, "silent")
+    assert answer["status"] == "error"
+    assert answer["error"]["code"] == "timeout_first_event"
+    assert jobs_of(sid)[0].status == "error"
+
+
+def test_a_failing_agent_is_retried_then_ends_with_an_error(alice):
+    sid = session_with(alice, agent("broken", "broken", retries=2))
+    with running_worker():
+        post(alice, sid, "try")
+        [answer] = wait_for_answers(alice, sid, "broken")
+    assert answer["status"] == "error" and "broke" in answer["error"]["message"]
+    assert len(scripted.CALLS) == 3  # the first call and two retries
+    assert jobs_of(sid)[0].attempts == 3
+
+
+def test_malformed_output_ends_the_generation_with_an_error_not_silence(alice):
+    sid = session_with(alice, agent("garbage", "garbage", format="tanstack"))
+    with running_worker():
+        post(alice, sid, "x")
+        [answer] = wait_for_answers(alice, sid, "garbage")
+    assert answer["status"] == "error" and answer["error"]["code"] == "malformed_output"
+    assert text(answer) == "fine "  # what came before is kept
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("queue", ["done", "done"]), ("interrupt", ["stop", "done"]), ("parallel", ["done", "done"])],
+)
+def test_a_message_while_the_agent_answers_follows_its_policy(alice, policy, expected):
+    sid = session_with(alice, agent("slow", "slow", policy=policy))
+    with running_worker():
+        post(alice, sid, "first")
+        wait_for_answers(alice, sid, "slow", complete=False)
+        post(alice, sid, "second")
+        if policy == "parallel":
+            wait_for_answers(alice, sid, "slow", 2, complete=False)
+            assert all(not m["isComplete"] for m in answers(alice, sid, "slow"))
+            service.generation_stop(user=alice, session_id=sid)
+            expected = ["stop", "stop"]
+        elif policy == "queue":
+            time.sleep(0)  # the second waits: only one answer exists while the first runs
+            assert len(answers(alice, sid, "slow")) == 1
+            service.generation_stop(user=alice, session_id=sid)  # ends the first
+            wait_for_answers(alice, sid, "slow", 2, complete=False)
+            service.generation_stop(user=alice, session_id=sid)
+            expected = ["stop", "stop"]
+        else:  # interrupt: the first is stopped by the second message, which is answered
+            wait_for_answers(alice, sid, "slow", 2, complete=False)
+            service.generation_stop(user=alice, session_id=sid)
+            expected = ["stop", "stop"]
+        found = wait_for_answers(alice, sid, "slow", 2)
+    assert [m["status"] for m in found] == expected
+    jobs = jobs_of(sid)
+    assert len(jobs) == 2
+    if policy == "interrupt":
+        assert jobs[0].stopped_by == "alice"
+        assert found[0]["finishReason"] == "interrupted"
+
+
+def test_reject_policy_records_the_refusal_and_writes_nothing(alice):
+    sid = session_with(alice, agent("slow", "slow", policy="reject"))
+    with running_worker():
+        post(alice, sid, "first")
+        wait_for_answers(alice, sid, "slow", complete=False)
+        second = post(alice, sid, "second")
+        wait_until(lambda: Job.objects.filter(trigger_message_id=second).exists(), 10)
+        service.generation_stop(user=alice, session_id=sid)
+        wait_for_answers(alice, sid, "slow")
+    assert len(answers(alice, sid, "slow")) == 1
+    assert Job.objects.get(trigger_message_id=second).status == "rejected"
+
+
+def test_agents_answering_agents_stop_at_the_chain_limit(alice, settings):
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "AGENT_MAX_CHAIN": 3}
+    sid = session_with(alice, agent("ping", "echo", triggers="all"), agent("pong", "echo", triggers="all"))
+    with running_worker():
+        post(alice, sid, "start")
+        wait_until(lambda: len([j for j in jobs_of(sid) if j.status == "done"]) >= 4, 30)
+        wait_until(lambda: all(j.status == "done" for j in jobs_of(sid)), 30)
+    jobs = jobs_of(sid)
+    # both answer the user (depth 1), each answers the other (2), and once more (3): no 4th
+    assert sorted(j.depth for j in jobs) == [1, 1, 2, 2, 3, 3]
+    assert all(j.agent_id != _author(alice, sid, j.trigger_message_id) for j in jobs)
+
+
+def _author(user, sid, message_id):
+    return next(m["actorId"] for m in messages(user, sid) if m["id"] == message_id)
+
+
+def test_a_mention_is_answered_by_the_agents_it_names_only(alice):
+    sid = session_with(
+        alice,
+        agent("echo", "echo"),
+        agent("helper", "echo", name="Helper", triggers="mention"),
+    )
+    with running_worker():
+        post(alice, sid, "no names here")
+        wait_for_answers(alice, sid, "echo")
+        post(alice, sid, "@helper what do you say?")
+        wait_for_answers(alice, sid, "helper")
+        wait_until(lambda: all(j.ended_at for j in jobs_of(sid)), 10)
+    assert [j.agent_id for j in jobs_of(sid)] == ["echo", "helper"]
+    assert jobs_of(sid)[1].trigger == "mention"
+
+
+def test_an_approval_round_trip_reinvokes_the_agent(alice):
+    sid = session_with(alice, agent("approver", "approver"))
+    with running_worker():
+        post(alice, sid, "launch it")
+        [asking] = wait_for_answers(alice, sid, "approver")
+        call = next(p for p in asking["parts"] if p["type"] == "tool-call")
+        assert call["state"] == "approval-requested"
+        service.approval_respond(
+            user=alice, session_id=sid, approval_id=call["approval"]["id"], approved=True
+        )
+        found = wait_for_answers(alice, sid, "approver", 2)
+    assert "decision:" in text(found[1]) and "true" in text(found[1]).lower()
+    assert [j.trigger for j in jobs_of(sid)] == ["user-messages", "approval"]
+
+
+def test_a_tool_result_reinvokes_the_agent_that_called_the_tool(alice):
+    sid = session_with(alice, agent("approver", "approver"))
+    with running_worker():
+        post(alice, sid, "launch it")
+        [asking] = wait_for_answers(alice, sid, "approver")
+        call = next(p for p in asking["parts"] if p["type"] == "tool-call")
+        service.tool_result_post(
+            user=alice, session_id=sid, tool_call_id=call["id"], output={"launched": True}
+        )
+        found = wait_for_answers(alice, sid, "approver", 2)
+    assert "launched" in text(found[1])
+    assert [j.trigger for j in jobs_of(sid)] == ["user-messages", "tool-result"]
+
+
+def test_regenerate_asks_the_agent_for_a_new_answer(alice):
+    sid = session_with(alice, agent("echo", "echo"))
+    with running_worker():
+        mid = post(alice, sid, "say it")
+        [first] = wait_for_answers(alice, sid, "echo")
+        service.message_regenerate(
+            user=alice, session_id=sid, from_message_id=first["id"], content=""
+        )
+        found = wait_for_answers(alice, sid, "echo", 2)
+    assert text(found[1]) == text(first)
+    assert jobs_of(sid)[1].trigger == "regenerate" and jobs_of(sid)[1].trigger_message_id == first["id"]
+    assert mid
