@@ -1,0 +1,1 @@
+"""The agent runtime: invoking agents and writing their token streams onto sessions."""
