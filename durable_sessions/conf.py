@@ -82,6 +82,12 @@ DEFAULTS: dict[str, Any] = {
     # unique local), checked at registration and at connect time. The host project sets it from
     # DS_AGENT_ALLOW_PRIVATE=1. Link-local (cloud metadata) and multicast stay refused.
     "AGENT_ALLOW_PRIVATE": False,
+    # The built-in agent python:durable_sessions.agents.builtin.openai_chat: an OpenAI-compatible
+    # Chat Completions API. None reads the environment variable of the same name, else the
+    # default: "https://api.openai.com/v1", "" and "gpt-4o-mini" (docs/settings.md).
+    "OPENAI_BASE_URL": None,
+    "OPENAI_API_KEY": None,
+    "OPENAI_MODEL": None,
     # Seconds a device stays present without a word (login, heartbeat, an open websocket renews
     # it); then the presence sweep turns it offline, whichever process saw it last.
     "PRESENCE_TTL": 60.0,
