@@ -340,6 +340,23 @@ def test_vercel_server_tool_output_approval_and_finish_reason() -> None:
 
 
 @pytest.mark.parametrize(
+    ("reason", "ours"),
+    [
+        ("stop", "stop"),
+        ("length", "length"),
+        ("content-filter", "content_filter"),
+        ("tool-calls", "tool_calls"),
+        ("tool_calls", "tool_calls"),
+        ("error", None),
+        ("other", None),
+    ],
+)
+def test_vercel_finish_reasons(reason: str, ours: str | None) -> None:
+    _, chunks = normalise([{"type": "finish", "finishReason": reason}])
+    assert chunks == [{"type": "done", "finishReason": ours}]
+
+
+@pytest.mark.parametrize(
     ("events", "error"),
     [
         ([{"type": "error", "errorText": "overloaded"}], {"message": "overloaded"}),

@@ -41,6 +41,8 @@ TYPES = IGNORED | {
 FINISH_REASONS = {
     "stop": "stop", "length": "length", "content-filter": "content_filter",
     "tool-calls": "tool_calls", "error": None, "other": None,
+    # not the SDK's spelling, but servers written after OpenAI's or TanStack's send it
+    "content_filter": "content_filter", "tool_calls": "tool_calls",
 }  # fmt: skip
 
 
