@@ -25,6 +25,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from durable_sessions import streams
+from durable_sessions.agents import admin as agents_admin  # noqa: F401
 from durable_sessions.streams import Position, ReadResult, StreamError
 from durable_sessions.streams.models import Stream, as_datetime
 from durable_sessions.streams.subscriptions import admin as subscriptions_admin  # noqa: F401

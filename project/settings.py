@@ -139,6 +139,12 @@ BENCHMARK_VIEWS = env_flag("DS_BENCHMARK_VIEWS")
 if env_flag("DS_WEBHOOK_ALLOW_LOOPBACK"):
     # Webhooks to this machine (the conformance suite's receiver): development and tests only.
     DURABLE_SESSIONS["WEBHOOK_ALLOW_LOOPBACK"] = True
+if env_flag("DS_DEMO_AGENT"):
+    # Every new session gets the offline demo agent (scripts/demo): it answers out of the box,
+    # with no network and no key (durable_sessions/agents/builtin.py).
+    DURABLE_SESSIONS["DEFAULT_AGENTS"] = [
+        {"id": "demo", "name": "Demo", "endpoint": "python:durable_sessions.agents.builtin.demo"}
+    ]
 if env_flag("DS_AGENT_ALLOW_PRIVATE"):
     # Agents on this machine or the private network (a local model server): see
     # docs/agents-registry.md. Link-local (cloud metadata) and multicast stay refused.

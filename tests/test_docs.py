@@ -144,7 +144,11 @@ def test_a_transcript_is_commands_and_their_output():
 def docs_server(django_db_setup, django_db_blocker):
     """A daphne process as ``scripts/demo`` runs it (public streams, default long-poll timeout)."""
     with django_db_blocker.unblock():
-        server = ServerProcess(public=True, env={"DS_LONG_POLL_TIMEOUT": "20"}).start()
+        server = ServerProcess(
+            public=True,
+            # the demo's settings: new sessions get the demo agent, which the server runs
+            env={"DS_LONG_POLL_TIMEOUT": "20", "DS_DEMO_AGENT": "1", "DS_AGENTS_EMBEDDED": "1"},
+        ).start()
     yield server
     server.stop()
 

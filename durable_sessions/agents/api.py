@@ -20,7 +20,7 @@ class TotalsOut(serializers.Serializer):
     generations = serializers.IntegerField()
     tokensIn = serializers.IntegerField()
     tokensOut = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    failed = serializers.IntegerField()
     stopped = serializers.IntegerField()
     interrupted = serializers.IntegerField()
 

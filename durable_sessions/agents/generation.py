@@ -28,7 +28,7 @@ from durable_sessions.sessions.agent_specs import AgentSpec
 
 logger = logging.getLogger("durable_sessions.agents")
 
-RETRYABLE = {"connect_failed", "timeout_first_event"}
+RETRYABLE = {"connect_failed", "timeout_first_event", "upstream_broken", "python_agent_failed"}
 _END = object()
 
 
@@ -147,8 +147,11 @@ class Generation:
 
         async def pump() -> None:
             try:
-                async for event in invoke.events(self.invocation, timeouts=timeouts(self.spec)):
-                    await queue.put(event)
+                # (aclosing: a cancel between two events closes the upstream at once too)
+                stream = invoke.events(self.invocation, timeouts=timeouts(self.spec))
+                async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
+                    async for event in events:
+                        await queue.put(event)
                 await queue.put(_END)
             except invoke.InvocationError as exc:
                 await queue.put(exc)
@@ -157,15 +160,21 @@ class Generation:
                 await queue.put(invoke.InvocationError("connect_failed", str(exc) or repr(exc)))
 
         self._upstream = asyncio.ensure_future(pump())
+        stopped = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self.outcome.ended:
                 due = coalescer.due()
                 wait = None if due is None else max(0.0, due - time.monotonic())
-                try:
-                    item = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
-                    await self._write(coalescer.flush())
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, stopped}, timeout=wait, return_when="FIRST_COMPLETED")
+                if not getter.done():
+                    getter.cancel()
+                    if stopped.done():  # a stop: keep the partial answer, the caller ends it
+                        await self._write(coalescer.flush())
+                        return False
+                    await self._write(coalescer.flush())  # the held text is due
                     continue
+                item = getter.result()
                 if item is _END:
                     try:
                         await self._write(coalescer.flush() + normalizer.finish())
@@ -190,6 +199,8 @@ class Generation:
                     logger.warning("agent %s: %s", self.spec.id, exc)
                     return False
                 for chunk in chunks:
+                    if chunk.get("type") in ("content", "thinking"):
+                        self.outcome.deltas += 1  # (the upstream's, before coalescing)
                     await self._write(coalescer.push(chunk))
             return False  # a terminal chunk was written: what follows is not read
         except asyncio.CancelledError:
@@ -198,6 +209,7 @@ class Generation:
             await self._write(coalescer.flush())  # keep the partial answer
             return False
         finally:
+            stopped.cancel()
             upstream = self._upstream
             if upstream is not None and not upstream.done():
                 upstream.cancel()
@@ -214,15 +226,14 @@ class Generation:
                 self.outcome.first_token_at = time.time()
                 if self.on_first_token is not None:
                     await self.on_first_token()
-            if kind in ("content", "thinking"):
-                self.outcome.deltas += 1
             await self.writer.write(chunk)
             if kind in ("done", "error", "stop"):
                 self.outcome.ended = True
                 if kind == "done" and isinstance(chunk.get("usage"), dict):
                     self.outcome.usage = chunk["usage"]
                 if kind == "error" and self.outcome.status != "error":
-                    error = chunk.get("error") if isinstance(chunk.get("error"), dict) else {}
+                    found = chunk.get("error")
+                    error: dict[str, Any] = found if isinstance(found, dict) else {}
                     self._failed(
                         str(error.get("code") or "agent_error"), str(error.get("message", ""))
                     )

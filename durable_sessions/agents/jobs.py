@@ -116,7 +116,7 @@ def usage(jobs: Any) -> dict[str, Any]:
         generations=Count("id"),
         tokensIn=Sum("tokens_in"),
         tokensOut=Sum("tokens_out"),
-        errors=Count("id", filter=Q(status=m.ERROR)),
+        failed=Count("id", filter=Q(status=m.ERROR)),
         stopped=Count("id", filter=Q(status=m.STOPPED)),
         interrupted=Count("id", filter=Q(status=m.INTERRUPTED)),
     )

@@ -73,7 +73,7 @@ def ensure(session: Any) -> None:
     """Make sure ``session`` has its agents subscription (idempotent; on a changed lease
     setting the subscription is made again, at the stream's tail)."""
     sid = subscription_id(session.pk)
-    config = {
+    config: dict[str, Any] = {
         "type": "pull-wake",
         "streams": [session.stream_path],
         "wake_stream": wake_stream(),

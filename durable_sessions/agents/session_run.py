@@ -169,7 +169,8 @@ class SessionRun:
     async def _handle(self, events: list[Any]) -> None:
         for event in events:
             if isinstance(event, dict) and event.get("type") == STOP_REQUEST:
-                value = event.get("value") if isinstance(event.get("value"), dict) else {}
+                found = event.get("value")
+                value: dict[str, Any] = found if isinstance(found, dict) else {}
                 target = self.running.get(str(event.get("key")))
                 if target is not None:
                     target.generation.stop(str(value.get("actorId", "")), "user")
@@ -292,10 +293,10 @@ class SessionRun:
             self.running.pop(job.message_id, None)
             self.changed.set()
             raise
-        self.running.pop(job.message_id, None)
-        try:
+        try:  # (still "running" until its job row says how it ended)
             await self._ended(generation, job, outcome)
         finally:
+            self.running.pop(job.message_id, None)
             self.changed.set()
         return outcome
 
@@ -333,7 +334,7 @@ class SessionRun:
         if waiting and not self.stopping:
             spec, next_job = waiting.popleft()
             await self._start(spec, next_job)
-        if not self.running:
+        if not any(mid != job.message_id for mid in self.running):
             await db(_generating, self.session, False)
 
     # -- taking over -------------------------------------------------------------------------

@@ -93,8 +93,10 @@ def arrivals(events: Iterable[Any]) -> list[Arrival]:
         headers, value = event.get("headers"), event.get("value")
         if not isinstance(headers, dict) or headers.get("operation") not in ("insert", "upsert"):
             continue
+        if not isinstance(value, dict):
+            continue
         try:
-            chunk = state.decode_chunk_row(str(event.get("key")), value)  # type: ignore[arg-type]
+            chunk = state.decode_chunk_row(str(event.get("key")), value)
         except (state.InvalidEvent, TypeError, AttributeError):
             continue  # the materializer skips it too
         message_id, created_at = value["messageId"], value["createdAt"]

@@ -35,16 +35,16 @@ logger = logging.getLogger("durable_sessions.agents")
 
 
 def _pending_subscriptions() -> list[str]:
-    """Every session with agents has its subscription (made again if it was lost); wake
-    those with pending work. Returns their ids."""
-    from durable_sessions.streams.subscriptions import leases
-
-    ids = []
+    """Every session with agents has its subscription (made again if it was lost); the ids of
+    those with pending work (what arrived while no worker ran: their wake events may be before
+    the offset this worker follows the wake stream from, so it claims them itself)."""
+    pending = []
     for session in Session.objects.filter(agents__isnull=False).distinct():
         links.ensure(session)
-        ids.append(links.subscription_id(session.pk))
-    leases.wake_if_pending(ids)
-    return ids
+        sid = links.subscription_id(session.pk)
+        if any(link.has_pending for link in subscriptions.get(sid).streams):
+            pending.append(sid)
+    return pending
 
 
 class AgentWorker:
@@ -72,7 +72,8 @@ class AgentWorker:
         tail = (await streams.ainfo(wake_path)).tail
         follower = asyncio.ensure_future(self._follow(wake_path, str(tail)))
         try:
-            await db(_pending_subscriptions)
+            for subscription_id in await db(_pending_subscriptions):
+                self.kick(subscription_id)
             self.ready.set()
             logger.info("agent worker %s follows %s", self.name, wake_path)
             await self._stopping.wait()
@@ -109,6 +110,8 @@ class AgentWorker:
 
     async def _claim_and_run(self, subscription_id: str) -> None:
         session_id = links.session_id_of(subscription_id)
+        if session_id is None:
+            return
         try:
             while not self._stopping.is_set():
                 self._again.discard(subscription_id)

@@ -91,7 +91,7 @@ def append_chunk(
     role: str,
     chunk: dict[str, Any] | Callable[[str], dict[str, Any]],
     txid: str | None = None,
-    epoch: int = 0,
+    epoch: int | None = None,
     producer_seq: int | None = None,
     expect_tail: str | None = None,
 ) -> streams.Appended:
@@ -100,7 +100,9 @@ def append_chunk(
 
     ``errors.Conflict`` when that seq of that message is already written (``duplicate`` is
     set on the error) or when it would skip one. The runtime passes its claim's ``epoch`` and
-    its own ``producer_seq``; ``errors.Fenced`` when a later epoch wrote to the message. With
+    its own ``producer_seq``; ``errors.Fenced`` when a later epoch wrote to the message. Other
+    writers pass neither: a message the runtime wrote is continued in its producer session (an
+    approval after the answer), any other under epoch 0 with producer seq = chunk seq. With
     ``expect_tail`` the chunk lands exactly at that offset or not at all (``Conflict``,
     ``tail_moved``).
     """
@@ -111,7 +113,14 @@ def append_chunk(
             message_id, seq, actor_id=actor_id, role=role, chunk=payload, created_at=created_at
         )
         event = state.chunk_event(value, txid=txid)
-        producer = (f"chunk:{message_id}", epoch, seq if producer_seq is None else producer_seq)
+        producer_id = f"chunk:{message_id}"
+        if epoch is None:
+            epoch, producer_seq = 0, seq
+            if seq > 0:
+                known = streams.producer_state(session.stream_path, producer_id)
+                if known is not None and known[0] > 0:
+                    epoch, producer_seq = known[0], known[1] + 1
+        producer = (producer_id, epoch, seq if producer_seq is None else producer_seq)
         future = _submit(session.stream_path, [event], producer, expect_tail)
     try:
         result = _result(future)

@@ -329,6 +329,21 @@ async def ainfo(path: str) -> StreamInfo:
     return await get_store().run_read(reads.info, check_path(path), time.time())
 
 
+def producer_state(path: str, producer_id: str) -> tuple[int, int] | None:
+    """``(epoch, last seq)`` of the idempotent producer ``producer_id`` on ``path`` as the log
+    has it, or None when it never wrote there: for a writer that continues another's producer
+    session (the session API appending to a message the agent runtime wrote)."""
+    from durable_sessions.streams.models import Producer
+
+    row = (
+        Producer.objects.using(ds_settings.DATABASE_ALIAS)
+        .filter(stream__path=check_path(path), producer_id=producer_id)
+        .values_list("epoch", "last_seq")
+        .first()
+    )
+    return (int(row[0]), int(row[1])) if row is not None else None
+
+
 # -- retention ---------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ def running_worker(name: str = "test-worker", **options: Any) -> Iterator[AgentW
 
         try:
             asyncio.run(run())
-        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+        except BaseException as exc:  # (the test reads it)
             holder["error"] = exc
             ready.set()
 
@@ -100,11 +100,22 @@ def wait_for_answers(
     return found
 
 
+def idle(session_id: str) -> bool:
+    """Whether the runtime is done with the session: its subscription acked to the tail and
+    unclaimed, and every job ended."""
+    from durable_sessions.agents import links
+    from durable_sessions.streams import subscriptions
+
+    info = subscriptions.get(links.subscription_id(session_id))
+    quiet = info.holder is None and not any(link.has_pending for link in info.streams)
+    return quiet and all(job.ended_at is not None for job in jobs_of(session_id))
+
+
 def jobs_of(session_id: str) -> list[Job]:
     """The session's job rows, oldest first."""
     return list(Job.objects.filter(session_id=session_id).order_by("queued_at"))
 
 
-def agent(agent_id: str, name: str, **options: Any) -> dict[str, Any]:
+def agent(agent_id: str, script: str, **options: Any) -> dict[str, Any]:
     """An AgentSpec of a scripted agent (``tests/agents/scripted.py``)."""
-    return {"id": agent_id, "endpoint": f"python:tests.agents.scripted.{name}", **options}
+    return {"id": agent_id, "endpoint": f"python:tests.agents.scripted.{script}", **options}

@@ -17,7 +17,8 @@ from tests.state.chat import Chat, fold
 
 DEMO = "python:durable_sessions.agents.builtin.demo"
 OPENAI = "python:durable_sessions.agents.builtin.openai_chat"
-TIMEOUTS = Timeouts(connect=2.0, first_event=5.0, between_events=5.0, total=10.0)
+# Generous: the openai package's first call (client, imports) takes seconds on a busy machine.
+TIMEOUTS = Timeouts(connect=10.0, first_event=30.0, between_events=30.0, total=60.0)
 
 
 @pytest.fixture(autouse=True)

@@ -308,7 +308,10 @@ def test_regenerate(members, as_alice, as_bob):
     before = events(sid)
     answer = post(as_bob, f"/v1/sessions/{sid}/regenerate", body)
     assert answer.status_code == 200 and answer.json() == {"success": True}
-    assert events(sid) == before  # nothing written until the runtime (issue 11) answers
+    [request] = events(sid)[len(before) :]  # a request row; the runtime answers it
+    assert request["type"] == "regenerate-request"
+    assert request["value"]["fromMessageId"] == mid and request["value"]["agentId"] == "helper"
+    assert request["value"]["actorId"] == "bob"  # the forged actorId changed nothing
     unknown = {**body, "fromMessageId": "nope"}
     assert post(as_bob, f"/v1/sessions/{sid}/regenerate", unknown).status_code == 404
 
