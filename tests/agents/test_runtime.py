@@ -143,39 +143,49 @@ def test_malformed_output_ends_the_generation_with_an_error_not_silence(alice):
     assert text(answer) == "fine "  # what came before is kept
 
 
-@pytest.mark.parametrize(
-    ("policy", "expected"),
-    [("queue", ["done", "done"]), ("interrupt", ["stop", "done"]), ("parallel", ["done", "done"])],
-)
-def test_a_message_while_the_agent_answers_follows_its_policy(alice, policy, expected):
-    sid = session_with(alice, agent("slow", "slow", policy=policy))
+def test_queue_policy_answers_the_next_message_when_the_current_answer_ends(alice):
+    sid = session_with(alice, agent("slow", "slow", policy="queue"))
+    with running_worker():
+        post(alice, sid, "first")
+        wait_for_answers(alice, sid, "slow", complete=False)
+        second = post(alice, sid, "second")
+        wait_until(lambda: Job.objects.filter(trigger_message_id=second).exists(), 10)
+        assert Job.objects.get(trigger_message_id=second).status == "queued"
+        assert len(answers(alice, sid, "slow")) == 1  # it waits: nothing of it is written
+        service.generation_stop(user=alice, session_id=sid)  # ends the first
+        wait_for_answers(alice, sid, "slow", 2, complete=False)
+        service.generation_stop(user=alice, session_id=sid)
+        found = wait_for_answers(alice, sid, "slow", 2)
+    assert [m["status"] for m in found] == ["stop", "stop"]
+    assert [j.status for j in jobs_of(sid)] == ["stop", "stop"]
+
+
+def test_interrupt_policy_stops_the_current_answer_for_the_new_message(alice):
+    sid = session_with(alice, agent("slow", "slow", policy="interrupt"))
+    with running_worker():
+        post(alice, sid, "first")
+        wait_for_answers(alice, sid, "slow", complete=False)
+        post(alice, sid, "second, now")
+        [first] = wait_for_answers(alice, sid, "slow")  # stopped by the second message
+        wait_for_answers(alice, sid, "slow", 2, complete=False)
+        service.generation_stop(user=alice, session_id=sid)
+        found = wait_for_answers(alice, sid, "slow", 2)
+    assert first["status"] == "stop" and first["finishReason"] == "interrupted"
+    assert [m["status"] for m in found] == ["stop", "stop"]
+    assert jobs_of(sid)[0].stopped_by == "alice"
+
+
+def test_parallel_policy_answers_both_at_once(alice):
+    sid = session_with(alice, agent("slow", "slow", policy="parallel"))
     with running_worker():
         post(alice, sid, "first")
         wait_for_answers(alice, sid, "slow", complete=False)
         post(alice, sid, "second")
-        if policy == "parallel":
-            wait_for_answers(alice, sid, "slow", 2, complete=False)
-            assert all(not m["isComplete"] for m in answers(alice, sid, "slow"))
-            service.generation_stop(user=alice, session_id=sid)
-            expected = ["stop", "stop"]
-        elif policy == "queue":
-            time.sleep(0)  # the second waits: only one answer exists while the first runs
-            assert len(answers(alice, sid, "slow")) == 1
-            service.generation_stop(user=alice, session_id=sid)  # ends the first
-            wait_for_answers(alice, sid, "slow", 2, complete=False)
-            service.generation_stop(user=alice, session_id=sid)
-            expected = ["stop", "stop"]
-        else:  # interrupt: the first is stopped by the second message, which is answered
-            wait_for_answers(alice, sid, "slow", 2, complete=False)
-            service.generation_stop(user=alice, session_id=sid)
-            expected = ["stop", "stop"]
+        both = wait_for_answers(alice, sid, "slow", 2, complete=False)
+        assert not any(m["isComplete"] for m in both)  # two answers streaming side by side
+        service.generation_stop(user=alice, session_id=sid)
         found = wait_for_answers(alice, sid, "slow", 2)
-    assert [m["status"] for m in found] == expected
-    jobs = jobs_of(sid)
-    assert len(jobs) == 2
-    if policy == "interrupt":
-        assert jobs[0].stopped_by == "alice"
-        assert found[0]["finishReason"] == "interrupted"
+    assert [m["status"] for m in found] == ["stop", "stop"]
 
 
 def test_reject_policy_records_the_refusal_and_writes_nothing(alice):
@@ -269,3 +279,78 @@ def test_regenerate_asks_the_agent_for_a_new_answer(alice):
         and jobs_of(sid)[1].trigger_message_id == first["id"]
     )
     assert mid
+
+
+# -- HTTP agents (the fake upstream: real SSE over a real socket) ------------------------------
+
+
+@pytest.fixture
+def fake(settings):
+    from tests.agents.fake_upstream import FakeUpstream
+
+    settings.DURABLE_SESSIONS = {**settings.DURABLE_SESSIONS, "AGENT_ALLOW_PRIVATE": True}
+    upstream = FakeUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+def http_agent(fake, path: str = "/tanstack", **options) -> dict:
+    return {"id": "remote", "endpoint": fake.url + path, **options}
+
+
+def test_stop_closes_the_upstream_connection_within_100_ms(alice, fake):
+    fake.script(tokens=[f"w{n} " for n in range(500)], delay=0.02)
+    sid = session_with(alice, http_agent(fake))
+    with running_worker():
+        post(alice, sid, "talk")
+        wait_until(lambda: answers(alice, sid, "remote"), 10, what="the first tokens")
+        asked = time.monotonic()
+        service.generation_stop(user=alice, session_id=sid)
+        closed = fake.wait_closed(timeout=5)
+        [answer] = wait_for_answers(alice, sid, "remote")
+    print(f"stop to upstream connection closed: {(closed - asked) * 1000:.1f} ms")
+    assert closed - asked < 0.1
+    assert answer["status"] == "stop" and text(answer).startswith("w0 ")
+
+
+def test_an_upstream_500_is_retried_then_ends_with_an_error_naming_it(alice, fake):
+    for _ in range(2):
+        fake.script(status=500, body="upstream exploded")
+    sid = session_with(alice, http_agent(fake, retries=1))
+    with running_worker():
+        post(alice, sid, "hi")
+        [answer] = wait_for_answers(alice, sid, "remote")
+    assert answer["status"] == "error" and answer["error"]["code"] == "upstream_status"
+    assert "500" in answer["error"]["message"]
+    assert len(fake.requests) == 2  # the call and one retry
+
+
+def test_malformed_sse_ends_the_generation_with_an_error(alice, fake):
+    fake.script(tokens=["good", " start"], malformed="data: {oops")
+    sid = session_with(alice, http_agent(fake, retries=0))
+    with running_worker():
+        post(alice, sid, "hi")
+        [answer] = wait_for_answers(alice, sid, "remote")
+    assert answer["status"] == "error" and answer["error"]["code"] == "malformed_sse"
+    assert text(answer) == "good start"
+
+
+def test_an_upstream_that_stops_mid_stream_times_out_between_tokens(alice, fake):
+    fake.script(tokens=["half", " an"], hang="mid_stream")
+    sid = session_with(alice, http_agent(fake, retries=0, timeouts={"betweenTokens": 0.3}))
+    with running_worker():
+        post(alice, sid, "hi")
+        [answer] = wait_for_answers(alice, sid, "remote")
+    assert answer["status"] == "error" and answer["error"]["code"] == "timeout_between_events"
+    assert text(answer) == "half an"
+
+
+def test_an_empty_reply_writes_nothing(alice, fake):
+    fake.script(status=204)
+    sid = session_with(alice, http_agent(fake))
+    with running_worker():
+        post(alice, sid, "hi")
+        wait_until(lambda: idle(sid) and jobs_of(sid), 10, what="the job's end")
+    assert answers(alice, sid, "remote") == []
+    assert jobs_of(sid)[0].status == "done"
