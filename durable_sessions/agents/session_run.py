@@ -72,9 +72,7 @@ class SessionRun:
         self.queued: dict[str, deque[tuple[AgentSpec, m.Job]]] = {}
         self.changed = asyncio.Event()
         self.stopping = False
-        self.log = logging.LoggerAdapter(
-            logger, {"session": str(session.pk), "claim": claim.generation}
-        )
+        self.log = _SessionLog(logger, {"session": str(session.pk), "claim": claim.generation})
 
     # -- the claim ---------------------------------------------------------------------------
 
@@ -329,7 +327,9 @@ class SessionRun:
             error_message=outcome.error_message[:2000],
             stopped_by=outcome.stopped_by[:255],
         )
-        self.log.info("job %s ended: %s %s", job.pk, outcome.status, outcome.error_code)
+        self.log.info(
+            "job %s of %s ended: %s %s", job.pk, job.agent_id, outcome.status, outcome.error_code
+        )
         waiting = self.queued.get(job.agent_id)
         if waiting and not self.stopping:
             spec, next_job = waiting.popleft()
@@ -438,6 +438,17 @@ class SessionRun:
         """Start nothing more; end when what runs has ended (graceful shutdown)."""
         self.stopping = True
         self.changed.set()
+
+
+class _SessionLog(logging.LoggerAdapter):
+    """Every line says which session and claim it is about (also as ``extra`` fields, for
+    structured handlers)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """Prefix the session id and the claim's generation."""
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"session {extra.get('session')} (claim {extra.get('claim')}): {msg}", kwargs
 
 
 def _stop_requested(session_state: state.SessionState, message_id: str) -> str | None:

@@ -354,3 +354,26 @@ def test_an_empty_reply_writes_nothing(alice, fake):
         wait_until(lambda: idle(sid) and jobs_of(sid), 10, what="the job's end")
     assert answers(alice, sid, "remote") == []
     assert jobs_of(sid)[0].status == "done"
+
+
+def test_usage_through_the_api_for_members_and_for_me(alice):
+    from rest_framework.test import APIClient
+
+    bob = User.objects.create_user("bob", password="pw-bob")
+    sid = session_with(alice, agent("echo", "echo"))
+    with running_worker():
+        post(alice, sid, "count me")
+        wait_for_answers(alice, sid, "echo")
+        wait_until(lambda: idle(sid), 10, what="the job's end")
+    me, outsider = APIClient(), APIClient()
+    me.force_authenticate(alice)
+    outsider.force_authenticate(bob)
+    usage = me.get(f"/v1/sessions/{sid}/usage")
+    assert usage.status_code == 200, usage.content
+    totals = usage.json()["totals"]
+    assert totals["generations"] == 1 and totals["tokensOut"] == 3  # counted: three deltas
+    assert usage.json()["agents"]["echo"]["generations"] == 1
+    assert me.get("/v1/usage").json()["totals"]["generations"] == 1  # my message started it
+    assert outsider.get("/v1/usage").json()["totals"]["generations"] == 0
+    assert outsider.get(f"/v1/sessions/{sid}/usage").status_code in (403, 404)
+    assert APIClient().get("/v1/usage").status_code == 401

@@ -333,3 +333,19 @@ def test_a_server_killed_right_after_a_message_is_committed_still_has_it_answere
         worker.stop()
         with contextlib.suppress(Exception):
             first.stop()
+
+
+def test_sigterm_lets_the_answer_under_way_finish(fake, server, alice):
+    worker = Worker("worker-d")
+    try:
+        sid = open_session(server, alice, fake.url + "/tanstack")
+        fake.script(tokens=[f"g{n} " for n in range(60)], delay=0.02)  # about 1.2 s
+        post(server, alice, sid, "finish what you started")
+        wait_until(lambda: bot_messages(server, alice, sid), 30, what="the answer's start")
+        worker.signal(signal.SIGTERM)
+        assert worker.process.wait(30) == 0
+    finally:
+        worker.stop()
+    [answer] = bot_messages(server, alice, sid)
+    assert answer["status"] == "done" and text(answer) == "".join(f"g{n} " for n in range(60))
+    assert worker.said("stopped")
