@@ -89,6 +89,8 @@ class SessionRun:
                     await subscriptions.aack(self.claim, {self.path: offset}, done=True)
                 except subscriptions.Fenced:
                     self.log.warning("claim fenced before its ack: another worker has it")
+                except subscriptions.SubscriptionNotFound:
+                    self.log.info("the session was deleted meanwhile")
         finally:
             heartbeat.cancel()
             for running in list(self.running.values()):

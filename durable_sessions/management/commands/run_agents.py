@@ -11,6 +11,7 @@ import asyncio
 import signal
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from durable_sessions.agents.worker import AgentWorker
@@ -31,6 +32,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the worker's loop."""
         worker = AgentWorker(options.get("name"), concurrency=options.get("concurrency"))
+        layer = str(getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", ""))
+        if "InMemory" in layer:
+            self.stderr.write(
+                "warning: the in-memory channel layer does not reach the server processes: their"
+                " subscribers see this worker's tokens only at their LIVE_RECHECK_INTERVAL. Set"
+                " REDIS_URL (channels-redis), or run the agents inside the server"
+                " (AGENT_EMBEDDED)."
+            )
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
