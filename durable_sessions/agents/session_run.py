@@ -21,8 +21,9 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable_sessions import state, streams
 from durable_sessions.agents import history, invoke, jobs, triggers
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("durable_sessions.agents")
 
+T = TypeVar("T")
 STOP_REQUEST = "stop-request"
 INTERRUPTED = "interrupted"
 
@@ -54,9 +56,11 @@ class Running:
     job: m.Job
 
 
-def _session_state(path: str) -> tuple[state.SessionState, str]:
-    with cache.caught_up(path) as (session_state, offset):
-        return session_state, offset
+def _read(path: str, use: Callable[[state.SessionState, str], T]) -> T:
+    """``use(state, offset)`` on the session's state caught up to its tail, under the cache's
+    lock: the state is shared with the process's other readers (the API's, in the embedded
+    runtime), so nothing of it is kept beyond ``use``."""
+    return cache.read(path, use)
 
 
 class SessionRun:
@@ -157,8 +161,10 @@ class SessionRun:
                         self.log.info("the session's stream is gone")
                         return offset
                     raise item
-                if not self.stopping:
-                    await self._handle(item.messages())
+                if self.stopping:  # only stops: the rest is the next claim's (not acked)
+                    self._stops(item.messages())
+                    continue
+                await self._handle(item.messages())
                 offset, up_to_date = str(item.next), item.up_to_date
             return offset
         finally:
@@ -166,7 +172,8 @@ class SessionRun:
 
     # -- what arrives ------------------------------------------------------------------------
 
-    async def _handle(self, events: list[Any]) -> None:
+    def _stops(self, events: list[Any]) -> None:
+        """Stop the generations that ``stop-request`` rows among ``events`` name."""
         for event in events:
             if isinstance(event, dict) and event.get("type") == STOP_REQUEST:
                 found = event.get("value")
@@ -174,24 +181,31 @@ class SessionRun:
                 target = self.running.get(str(event.get("key")))
                 if target is not None:
                     target.generation.stop(str(value.get("actorId", "")), "user")
+
+    async def _handle(self, events: list[Any]) -> None:
+        self._stops(events)
         arrived = triggers.arrivals(events)
         if not arrived:
             return
         specs, registered_at = await db(self._agents)
         if not specs:
             return
-        session_state, _offset = await db(_session_state, self.path)
         depth_of = await db(jobs.depths, self.session, [a.message_id for a in arrived])
-        plans = triggers.plans(
-            arrived,
-            session_state=session_state,
-            agents=specs,
-            registered_at=registered_at,
-            depth_of=depth_of,
-            max_chain=int(ds_settings.AGENT_MAX_CHAIN),
-        )
-        for plan in plans:
-            await self._plan(plan, session_state.message(plan.source_message_id))
+        max_chain = int(ds_settings.AGENT_MAX_CHAIN)
+
+        def decide(session_state: state.SessionState, _offset: str) -> list[Any]:
+            plans = triggers.plans(
+                arrived,
+                session_state=session_state,
+                agents=specs,
+                registered_at=registered_at,
+                depth_of=depth_of,
+                max_chain=max_chain,
+            )
+            return [(plan, session_state.message(plan.source_message_id)) for plan in plans]
+
+        for plan, source in await db(_read, self.path, decide):
+            await self._plan(plan, source)
 
     def _agents(self) -> tuple[list[AgentSpec], dict[str, Any]]:
         return registry.registered(self.session), jobs.registered_at(self.session)
@@ -241,19 +255,21 @@ class SessionRun:
     # -- generations -------------------------------------------------------------------------
 
     async def _start(self, spec: AgentSpec, job: m.Job) -> None:
-        session_state, _offset = await db(_session_state, self.path)
-        upto = job.trigger_message_id if job.trigger in triggers.MESSAGE_TRIGGERS else None
-        if job.trigger == "regenerate":  # a new answer to the message its own answer followed
-            ids = [msg.id for msg in session_state.messages()]
-            source = session_state.message(job.trigger_message_id)
-            if source is not None and source.actor_id == spec.id and source.id in ids:
-                index = ids.index(source.id)
-                upto = ids[index - 1] if index > 0 else None
+        def sent(session_state: state.SessionState, _offset: str) -> list[dict[str, Any]]:
+            upto = job.trigger_message_id if job.trigger in triggers.MESSAGE_TRIGGERS else None
+            if job.trigger == "regenerate":  # a new answer to what its own answer followed
+                ids = [msg.id for msg in session_state.messages()]
+                source = session_state.message(job.trigger_message_id)
+                if source is not None and source.actor_id == spec.id and source.id in ids:
+                    index = ids.index(source.id)
+                    upto = ids[index - 1] if index > 0 else None
+            return history.history(session_state, upto=upto)
+
         invocation = invoke.Invocation(
             session_id=str(self.session.pk),
             agent_id=spec.id,
             message_id=job.message_id,
-            messages=history.history(session_state, upto=upto),
+            messages=await db(_read, self.path, sent),
             body_template=spec.body_template,
             headers=spec.headers,
             endpoint=spec.endpoint,
@@ -371,8 +387,16 @@ class SessionRun:
 
     async def _end_cut_off(self, spec: AgentSpec, job: m.Job) -> None:
         for _ in range(8):
-            session_state, offset = await db(_session_state, self.path)
-            message = session_state.message(job.message_id)
+
+            def look(session_state: state.SessionState, offset: str) -> Any:
+                return (
+                    session_state.message(job.message_id),
+                    _stop_requested(session_state, job.message_id),
+                    session_state.next_seq(job.message_id),
+                    offset,
+                )
+
+            message, stopped_by, next_seq, offset = await db(_read, self.path, look)
             if message is None:  # it wrote nothing: run it again, as if it never started
                 self.log.info("job %s wrote nothing before its worker stopped: run again", job.pk)
                 await self._plan_again(spec, job)
@@ -381,7 +405,6 @@ class SessionRun:
                 status = {"done": m.DONE, "stop": m.STOPPED}.get(message.status, m.ERROR)
                 await db(jobs.update, job, status=status, ended_at=jobs.now())
                 return
-            stopped_by = _stop_requested(session_state, job.message_id)
             if stopped_by is not None:
                 chunk = state.stop_chunk("user")
                 chunk["stoppedBy"] = stopped_by
@@ -395,7 +418,7 @@ class SessionRun:
                 actor_id=spec.id,
                 lease=self.lease,
                 epoch=self.claim.generation,
-                first_seq=session_state.next_seq(job.message_id),
+                first_seq=next_seq,
             )
             try:
                 await writer.write(chunk, expect_tail=offset)

@@ -284,7 +284,7 @@ def test_a_worker_killed_mid_answer_is_taken_over_within_the_lease(fake, server,
 
 def test_a_worker_frozen_past_its_lease_cannot_write_when_it_wakes(fake, server, workers, alice):
     sid = open_session(server, alice, fake.url + "/tanstack")
-    fake.script(tokens=[f"f{n} " for n in range(300)], delay=0.02)
+    fake.script(tokens=[f"f{n} " for n in range(1000)], delay=0.02)  # 20 s: still streaming
     post(server, alice, sid, "keep talking")
     wait_until(
         lambda: holder(sid) and len(bot_messages(server, alice, sid)) == 1, 30, what="an answer"
