@@ -197,7 +197,13 @@ def payload(frame: dict[str, Any], content_type: str) -> Payload | None:
         except (binascii.Error, ValueError):
             raise BadRequest("invalid base64 data", code="invalid_frame") from None
     else:
-        raw = data.encode()
+        try:
+            raw = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud806" in the frame's JSON)
+            raise BadRequest(
+                "data is not valid Unicode text (a lone surrogate): send base64",
+                code="invalid_frame",
+            ) from None
     return Payload(raw, 1) if raw else None
 
 

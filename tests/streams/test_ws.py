@@ -186,6 +186,28 @@ async def test_bad_frames_get_error_frames_and_write_nothing(public, frame, stat
     await ws.disconnect()
 
 
+async def test_a_lone_surrogate_in_text_data_is_an_error_frame_and_writes_nothing(public):
+    """On a text stream ``data`` is written as UTF-8: a lone surrogate cannot be (found by
+    test_fuzz: the socket died on a UnicodeEncodeError)."""
+    await streams.acreate("ws/text", content_type="text/plain", data=b"a")
+    ws = socket("ws/text")
+    await ws.connect()
+    await ws.receive_from()
+    await ws.receive_from()
+    await ws.send_to(text_data='{"op": "append", "id": 7, "data": "\\ud806"}')
+    error = json.loads(await ws.receive_from())
+    assert (error["event"], error["status"], error["code"], error["id"]) == (
+        "error",
+        400,
+        "invalid_frame",
+        7,
+    )
+    await ws.send_to(text_data=json.dumps({"op": "ping", "id": 1}))  # still alive
+    assert json.loads(await ws.receive_from()) == {"event": "pong", "id": 1}
+    assert (await streams.aread("ws/text")).data == b"a"
+    await ws.disconnect()
+
+
 @pytest.mark.parametrize(
     ("ref", "echoed"),
     [
