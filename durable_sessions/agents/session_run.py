@@ -22,8 +22,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from durable_sessions import state, streams
 from durable_sessions.agents import history, invoke, jobs, triggers
@@ -37,8 +38,14 @@ from durable_sessions.sessions.agent_specs import AgentSpec
 from durable_sessions.sessions.models import Session
 from durable_sessions.streams import subscriptions
 
-if TYPE_CHECKING:
-    from durable_sessions.agents.worker import AgentWorker
+
+class Slots(Protocol):
+    """What a run needs of its worker: generation slots (``AgentWorker.slot``)."""
+
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """Hold one of the worker's generation slots."""
+        ...
+
 
 logger = logging.getLogger("durable_sessions.agents")
 
@@ -66,8 +73,11 @@ def _read(path: str, use: Callable[[state.SessionState, str], T]) -> T:
 class SessionRun:
     """The work of one claim (see the module docstring)."""
 
-    def __init__(self, worker: AgentWorker, claim: subscriptions.Claim, session: Session) -> None:
-        self.worker = worker
+    def __init__(
+        self, worker_name: str, slots: Slots, claim: subscriptions.Claim, session: Session
+    ) -> None:
+        self.worker_name = worker_name
+        self.slots = slots
         self.claim = claim
         self.session = session
         self.path = session.stream_path
@@ -228,7 +238,7 @@ class SessionRun:
             depth=plan.depth,
             initiated_by_id=initiated_by,
             status=status,
-            worker=self.worker.name,
+            worker=self.worker_name,
             generation=self.claim.generation,
         )
         if job is None:
@@ -294,7 +304,7 @@ class SessionRun:
             job,
             status=m.RUNNING,
             started_at=jobs.now(),
-            worker=self.worker.name,
+            worker=self.worker_name,
             claim_generation=self.claim.generation,
         )
         await db(_generating, self.session, True)
@@ -303,7 +313,7 @@ class SessionRun:
 
     async def _run(self, generation: Generation, job: m.Job) -> Outcome:
         try:
-            async with self.worker.slot():
+            async with self.slots.slot():
                 outcome = await generation.run()
         except asyncio.CancelledError:
             self.running.pop(job.message_id, None)
@@ -363,7 +373,7 @@ class SessionRun:
             return
         specs = {spec.id: spec for spec in (await db(self._agents))[0]}
         for job in left:
-            await db(jobs.adopt, job, worker=self.worker.name, generation=self.claim.generation)
+            await db(jobs.adopt, job, worker=self.worker_name, generation=self.claim.generation)
             spec = specs.get(job.agent_id)
             if spec is None:
                 await db(
@@ -451,7 +461,7 @@ class SessionRun:
                 depth=job.depth,
                 initiated_by_id=job.initiated_by_id,
                 status=m.QUEUED,
-                worker=self.worker.name,
+                worker=self.worker_name,
                 generation=self.claim.generation,
             )
             if retry is not None:

@@ -127,7 +127,7 @@ class AgentWorker:
                 if session is None:
                     await subscriptions.adelete(subscription_id)
                     return
-                run = SessionRun(self, claim, session)
+                run = SessionRun(self.name, self, claim, session)
                 self.runs[subscription_id] = run
                 try:
                     await run.run()
