@@ -30,7 +30,9 @@ request; with none queued, ``default`` answers (a few words). A ``Reply`` holds:
   the chunked body;
 - ``done`` (end with ``data: [DONE]``), ``comments`` (``: keep-alive`` lines between events),
   ``event_names`` (``event: message`` lines), ``split_data`` (each event's JSON over two
-  ``data:`` lines), ``crlf`` (lines end with CRLF).
+  ``data:`` lines), ``crlf`` (lines end with CRLF);
+- ``stamp``: every ``{now}`` in an event is replaced, as it is sent, by ``time.monotonic_ns()``
+  (a token ``"{now} "`` says when it left: ``benchmarks/agents_runtime.py`` measures latency so).
 
 Each request is recorded in ``requests`` (a ``Recorded``: ``method``, ``path``, ``headers`` with
 lowercase names, ``body`` parsed as JSON when it is, ``opened_at``, ``finished_at`` when the
@@ -91,6 +93,7 @@ class Reply:
     event_names: bool = False
     split_data: bool = False
     crlf: bool = False
+    stamp: bool = False
 
 
 @dataclass
@@ -477,6 +480,8 @@ class FakeUpstream:
             if delay:
                 await pause(delay)
             text = json.dumps(event, ensure_ascii=False)
+            if reply.stamp:
+                text = text.replace("{now}", str(time.monotonic_ns()))
             cut = text.find(', "', len(text) // 2) + 1  # between two members: JSON whitespace
             lines = [text[:cut], text[cut:]] if reply.split_data and cut else [text]
             frame = "".join(f"data: {line}{end}" for line in lines) + end

@@ -130,6 +130,14 @@ async def test_sse_comments_event_names_split_data_and_crlf_read_the_same(
     assert len(chunks) == 4  # role, two tokens, finish: [DONE] is not an event
 
 
+async def test_a_stamped_reply_says_when_each_token_left(private: None, fake: FakeUpstream) -> None:
+    before = time.monotonic_ns()
+    fake.script(tokens=["{now} ", "{now}"], delay=0.01, stamp=True)
+    chunks = await collect(invocation(f"{fake.url}/tanstack"))
+    stamps = [int(c["delta"]) for c in chunks if c["type"] == "content"]
+    assert len(stamps) == 2 and before < stamps[0] < stamps[1] <= time.monotonic_ns()
+
+
 async def test_the_pinned_address_is_connected_with_the_name_as_host(
     private: None, fake: FakeUpstream
 ) -> None:
