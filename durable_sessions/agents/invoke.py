@@ -32,10 +32,12 @@ import asyncio
 import codecs
 import importlib
 import inspect
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import certifi
 import httpx
 
 from durable_sessions import jsontext, outbound
@@ -183,6 +185,17 @@ def _decode(data: str) -> object:
 # -- HTTP agents -------------------------------------------------------------------------
 
 
+_tls: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The TLS context of every agent call (made once: certificates verified, as httpx's)."""
+    global _tls
+    if _tls is None:
+        _tls = ssl.create_default_context(cafile=certifi.where())
+    return _tls
+
+
 async def _http_source(
     invocation: Invocation,
     timeouts: Timeouts,
@@ -213,8 +226,12 @@ async def _http_source(
         {**invocation.body_template, "messages": invocation.messages, "stream": True}
     )
     # A client of our own per invocation: a pooled connection verified for one name must not
-    # serve another name on the same address.
-    http = client or httpx.AsyncClient(trust_env=False, follow_redirects=False)
+    # serve another name on the same address. Its TLS context is shared: building one (the
+    # system's certificates) blocked the event loop ~70 ms per generation
+    # (benchmarks/agents_runtime.py).
+    http = client or httpx.AsyncClient(
+        trust_env=False, follow_redirects=False, verify=_tls_context()
+    )
     try:
         request = http.build_request(
             "POST",

@@ -30,7 +30,7 @@ from durable_sessions import state, streams
 from durable_sessions.agents import history, invoke, jobs, triggers
 from durable_sessions.agents import models as m
 from durable_sessions.agents.generation import Generation, Outcome, option
-from durable_sessions.agents.writer import Lease, LeaseLost, Writer, db
+from durable_sessions.agents.writer import Lease, LeaseLost, Writer, db, lease_db
 from durable_sessions.conf import ds_settings
 from durable_sessions.sessions import agents as registry
 from durable_sessions.sessions import cache, errors
@@ -100,7 +100,7 @@ class SessionRun:
             offset = await self._follow(offset)
             if not self.lease.lost:
                 try:
-                    await subscriptions.aack(self.claim, {self.path: offset}, done=True)
+                    await lease_db(subscriptions.ack, self.claim, {self.path: offset}, done=True)
                 except subscriptions.Fenced:
                     self.log.warning("claim fenced before its ack: another worker has it")
                 except subscriptions.SubscriptionNotFound:
@@ -120,7 +120,7 @@ class SessionRun:
             await asyncio.sleep(interval)
             started = time.monotonic()
             try:
-                await subscriptions.aheartbeat(self.claim)
+                await lease_db(subscriptions.heartbeat, self.claim)
             except subscriptions.Fenced:
                 self.log.warning("the claim was taken over: this worker stops writing")
                 self.lease.lost = True
@@ -152,7 +152,15 @@ class SessionRun:
         try:
             while not self.lease.lost:
                 if up_to_date and not self.running and not any(self.queued.values()):
-                    return offset
+                    # (the batch that said "up to date" may predate this run's last writes)
+                    try:
+                        tail = str((await streams.ainfo(self.path)).tail)
+                    except (streams.StreamNotFound, streams.StreamGone):
+                        return offset  # the session was deleted
+                    if tail == offset:
+                        return offset
+                    up_to_date = False
+                    continue
                 if self.stopping and not self.running:
                     return offset
                 self.changed.clear()

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from durable_sessions import streams
 from durable_sessions.agents import links
 from durable_sessions.agents.session_run import SessionRun
-from durable_sessions.agents.writer import db
+from durable_sessions.agents.writer import db, lease_db
 from durable_sessions.conf import ds_settings
 from durable_sessions.sessions.models import Session
 from durable_sessions.streams import subscriptions
@@ -45,6 +45,13 @@ def _pending_subscriptions() -> list[str]:
         if any(link.has_pending for link in subscriptions.get(sid).streams):
             pending.append(sid)
     return pending
+
+
+def _has_pending(subscription_id: str) -> bool:
+    try:
+        return any(link.has_pending for link in subscriptions.get(subscription_id).streams)
+    except subscriptions.SubscriptionNotFound:
+        return False
 
 
 class AgentWorker:
@@ -116,7 +123,7 @@ class AgentWorker:
             while not self._stopping.is_set():
                 self._again.discard(subscription_id)
                 try:
-                    claim = await subscriptions.aclaim(subscription_id, self.name)
+                    claim = await lease_db(subscriptions.claim, subscription_id, self.name)
                 except (
                     subscriptions.AlreadyClaimed,
                     subscriptions.NoPendingWork,
@@ -133,8 +140,10 @@ class AgentWorker:
                     await run.run()
                 finally:
                     self.runs.pop(subscription_id, None)
-                if subscription_id not in self._again:
-                    return
+                if subscription_id not in self._again and not await lease_db(
+                    _has_pending, subscription_id
+                ):
+                    return  # (pending work whose wake went by while the run ended: claim it)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -159,5 +168,5 @@ class AgentWorker:
             await asyncio.gather(*pending, return_exceptions=True)
             for run in runs:
                 with contextlib.suppress(Exception):
-                    await subscriptions.arelease(run.claim)
+                    await lease_db(subscriptions.release, run.claim)
         logger.info("agent worker %s stopped", self.name)

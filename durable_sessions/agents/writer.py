@@ -11,6 +11,7 @@ stops by itself. ORM and log calls run on ``db()``'s threads, never on the event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -27,6 +28,7 @@ logger = logging.getLogger("durable_sessions.agents")
 
 T = TypeVar("T")
 DB_THREADS = 8
+LEASE_THREADS = 2
 UNAVAILABLE_RETRIES = 5
 
 _pool: ThreadPoolExecutor | None = None
@@ -52,6 +54,21 @@ async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on one of the runtime's database threads."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_pool_(), functools.partial(_call, fn, *args, **kwargs))
+
+
+_lease_pool: ThreadPoolExecutor | None = None
+
+
+async def lease_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn`` on the threads kept for claims, heartbeats and acks: never queued behind the
+    generations' writes, so that a busy worker's leases do not lapse while it works."""
+    global _lease_pool
+    if _lease_pool is None:
+        _lease_pool = ThreadPoolExecutor(
+            LEASE_THREADS, thread_name_prefix="durable-sessions-leases"
+        )
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_lease_pool, functools.partial(_call, fn, *args, **kwargs))
 
 
 class LeaseLost(Exception):
@@ -99,8 +116,8 @@ class Writer:
         self.producer_seq = 0
         self.on_written = on_written
 
-    def _append(self, chunk: dict[str, Any], expect_tail: str | None) -> None:
-        writes.append_chunk(
+    def _submit(self, chunk: dict[str, Any], expect_tail: str | None) -> Any:
+        return writes.submit_chunk(
             self.session,
             message_id=self.message_id,
             seq=self.seq,
@@ -119,7 +136,12 @@ class Writer:
             if not self.lease.valid():
                 raise LeaseLost(f"the claim may have lapsed: {self.message_id} not written")
             try:
-                await db(self._append, chunk, expect_tail)
+                # The clock and the queueing on a database thread; the commit is waited for
+                # here, on the loop, so that the thread serves other generations meanwhile.
+                future = await db(self._submit, chunk, expect_tail)
+                with contextlib.suppress(Exception):  # (its error is read just below)
+                    await asyncio.wrap_future(future)
+                writes.chunk_appended(future, message_id=self.message_id, seq=self.seq)
             except errors.Fenced as exc:
                 self.lease.lost = True
                 raise LeaseLost(str(exc)) from exc

@@ -106,6 +106,36 @@ def append_chunk(
     ``expect_tail`` the chunk lands exactly at that offset or not at all (``Conflict``,
     ``tail_moved``).
     """
+    future = submit_chunk(
+        session,
+        message_id=message_id,
+        seq=seq,
+        actor_id=actor_id,
+        role=role,
+        chunk=chunk,
+        txid=txid,
+        epoch=epoch,
+        producer_seq=producer_seq,
+        expect_tail=expect_tail,
+    )
+    return chunk_appended(future, message_id=message_id, seq=seq)
+
+
+def submit_chunk(
+    session: Session,
+    *,
+    message_id: str,
+    seq: int,
+    actor_id: str,
+    role: str,
+    chunk: dict[str, Any] | Callable[[str], dict[str, Any]],
+    txid: str | None = None,
+    epoch: int | None = None,
+    producer_seq: int | None = None,
+    expect_tail: str | None = None,
+) -> Any:
+    """``append_chunk`` without waiting for the commit: the future of its result, for
+    ``chunk_appended`` (the agent runtime awaits it on its event loop, not on a thread)."""
     with _order_lock(session.pk):
         created_at = state.timestamp(tick(session.pk) / 1000)
         payload = chunk(created_at) if callable(chunk) else chunk
@@ -121,7 +151,12 @@ def append_chunk(
                 if known is not None and known[0] > 0:
                     epoch, producer_seq = known[0], known[1] + 1
         producer = (producer_id, epoch, seq if producer_seq is None else producer_seq)
-        future = _submit(session.stream_path, [event], producer, expect_tail)
+        return _submit(session.stream_path, [event], producer, expect_tail)
+
+
+def chunk_appended(future: Any, *, message_id: str, seq: int) -> streams.Appended:
+    """The result of a ``submit_chunk`` (its future done, or waited for here), with the
+    errors of ``append_chunk``."""
     try:
         result = _result(future)
     except streams.StaleProducerEpoch as exc:
