@@ -151,6 +151,8 @@ class SessionRun:
         reader = asyncio.ensure_future(read())
         try:
             while not self.lease.lost:
+                if not self.stopping:
+                    await self._start_waiting()
                 if up_to_date and not self.running and not any(self.queued.values()):
                     # (the batch that said "up to date" may predate this run's last writes)
                     try:
@@ -261,6 +263,8 @@ class SessionRun:
         if status == m.REJECTED:
             await db(jobs.update, job, ended_at=jobs.now(), error_code="busy")
             return
+        # (again: what ran may have ended while the job row was made)
+        busy = [r for r in self.running.values() if r.job.agent_id == plan.agent.id]
         if busy and policy == "interrupt":
             by = source.actor_id if source is not None else ""
             for running in busy:
@@ -269,6 +273,14 @@ class SessionRun:
             self.queued.setdefault(plan.agent.id, deque()).append((plan.agent, job))
             return
         await self._start(plan.agent, job)
+
+    async def _start_waiting(self) -> None:
+        """Start the next queued job of each agent that runs nothing (a job queued while the
+        answer it waited for was ending would otherwise wait for ever)."""
+        for agent_id, waiting in self.queued.items():
+            if waiting and not any(r.job.agent_id == agent_id for r in self.running.values()):
+                spec, job = waiting.popleft()
+                await self._start(spec, job)
 
     # -- generations -------------------------------------------------------------------------
 
