@@ -140,7 +140,8 @@ class Writer:
                 # here, on the loop, so that the thread serves other generations meanwhile.
                 future = await db(self._submit, chunk, expect_tail)
                 with contextlib.suppress(Exception):  # (its error is read just below)
-                    await asyncio.wrap_future(future)
+                    # shielded: a cancelled generation must not cancel the log's own future
+                    await asyncio.shield(asyncio.wrap_future(future))
                 writes.chunk_appended(future, message_id=self.message_id, seq=self.seq)
             except errors.Fenced as exc:
                 self.lease.lost = True

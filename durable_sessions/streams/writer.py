@@ -343,10 +343,13 @@ class Writer:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for waiter, outcome in outcomes:
             if isinstance(waiter, concurrent.futures.Future):
-                if isinstance(outcome, BaseException):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
+                # A waiter its caller cancelled has no result to take (the append stands): the
+                # writer must not die on it (InvalidStateError killed the writer thread).
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    if isinstance(outcome, BaseException):
+                        waiter.set_exception(outcome)
+                    else:
+                        waiter.set_result(outcome)
             else:
                 by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
         if notices:

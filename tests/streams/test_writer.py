@@ -167,3 +167,20 @@ def test_a_deadlock_is_retried_on_the_same_connection(request):
     other.close()
     assert [b["pid"] for b in backends(writer.name)] == [before], "the connection was replaced"
     assert streams.read("w/dl-a").body == b"01" and streams.read("w/dl-b").body == b"1"
+
+
+def test_a_waiter_cancelled_by_its_caller_does_not_stop_the_writer():
+    """A caller may give up on the future of a queued append (the agent runtime's cancelled
+    generation did): the append stands, and the writer goes on (the InvalidStateError of
+    setting a cancelled future's result killed the writer thread)."""
+    streams.create("w/cancelled", content_type="application/json")
+    cancelled = 0
+    for n in range(50):  # until one is cancelled before the writer settles it
+        cancelled += streams.submit_json("w/cancelled", [{"n": n}]).cancel()
+        if cancelled:
+            break
+    assert cancelled, "every append was settled before its cancel: nothing was tested"
+    after = streams.submit_json("w/cancelled", [{"n": "after"}]).result(timeout=10)
+    assert after.next is not None
+    written = streams.read("w/cancelled", "-1").messages()
+    assert written == [{"n": k} for k in range(n + 1)] + [{"n": "after"}]
