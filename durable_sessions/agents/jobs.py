@@ -110,26 +110,31 @@ def registered_at(session: Session) -> dict[str, datetime]:
     return dict(Agent.objects.filter(session=session).values_list("agent_id", "created_at"))
 
 
+def _totals() -> dict[str, Any]:
+    """The usage totals as aggregate expressions (one set for a whole queryset or per group)."""
+    return {
+        "generations": Count("id"),
+        "tokensIn": Sum("tokens_in"),
+        "tokensOut": Sum("tokens_out"),
+        "failed": Count("id", filter=Q(status=m.ERROR)),
+        "stopped": Count("id", filter=Q(status=m.STOPPED)),
+        "interrupted": Count("id", filter=Q(status=m.INTERRUPTED)),
+    }
+
+
 def usage(jobs: Any) -> dict[str, Any]:
     """Totals of a queryset of jobs: generations by status, tokens in and out."""
-    totals = jobs.aggregate(
-        generations=Count("id"),
-        tokensIn=Sum("tokens_in"),
-        tokensOut=Sum("tokens_out"),
-        failed=Count("id", filter=Q(status=m.ERROR)),
-        stopped=Count("id", filter=Q(status=m.STOPPED)),
-        interrupted=Count("id", filter=Q(status=m.INTERRUPTED)),
-    )
-    return {key: value or 0 for key, value in totals.items()}
+    return {key: value or 0 for key, value in jobs.aggregate(**_totals()).items()}
 
 
 def session_usage(session: Session) -> dict[str, Any]:
-    """Usage of one session: totals, and per agent."""
+    """Usage of one session: totals, and per agent (one grouped query)."""
     jobs = Job.objects.filter(session=session)
-    per_agent = {
-        row["agent_id"]: usage(jobs.filter(agent_id=row["agent_id"]))
-        for row in jobs.values("agent_id").distinct()
-    }
+    per_agent = {}
+    for row in jobs.order_by().values("agent_id").annotate(**_totals()):
+        per_agent[row["agent_id"]] = {
+            key: value or 0 for key, value in row.items() if key != "agent_id"
+        }
     return {"totals": usage(jobs), "agents": per_agent}
 
 
