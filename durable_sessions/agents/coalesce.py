@@ -66,11 +66,12 @@ class Coalescer:
         self._fold_text = ""
         self._fold_after_tool = False
 
-    def push(self, chunk: Chunk) -> list[Chunk]:
+    def push(self, chunk: Chunk, *, hold: bool = False) -> list[Chunk]:
         """The chunks to write now. A ``content`` or ``thinking`` delta is held (nothing to
-        write) unless the oldest held one is ``interval`` old; any other chunk first flushes
-        what is held, then is written itself. A delta chunk without a non-empty ``delta`` adds
-        nothing and is dropped."""
+        write) unless the oldest held one is ``interval`` old (with ``hold``: held anyway, for
+        a caller that pushes a backlog and then flushes when ``due()``); any other chunk first
+        flushes what is held, then is written itself. A delta chunk without a non-empty
+        ``delta`` adds nothing and is dropped."""
         kind = chunk.get("type")
         if kind not in DELTA_TYPES:
             out = self.flush()
@@ -97,7 +98,7 @@ class Coalescer:
         else:
             # the latest chunk's other fields (a TanStack timestamp), all the held text
             self._held = {**chunk, "delta": self._held["delta"] + delta}
-        if self._clock() - self._held_since >= self.interval:
+        if not hold and self._clock() - self._held_since >= self.interval:
             out += self.flush()
         return out
 

@@ -174,34 +174,34 @@ class Generation:
                         return False
                     await self._write(coalescer.flush())  # the held text is due
                     continue
-                item = getter.result()
-                if item is _END:
+                # what came meanwhile too (a slow write lets the queue grow): it is written
+                # together, not one token per write, so a backlog never outgrows the writes
+                items = [getter.result()]
+                hold = coalescer.interval > 0  # (0: one write per token, as asked)
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                out: list[dict[str, Any]] = []
+                for item in items:
+                    if item is _END or isinstance(item, invoke.InvocationError):
+                        await self._write(out)
+                        return await self._finish(item, normalizer, coalescer)
                     try:
-                        await self._write(coalescer.flush() + normalizer.finish())
+                        chunks = normalizer.feed(item)
                     except MalformedOutput as exc:
-                        self._failed("malformed_output", str(exc))
-                    await self._write(coalescer.flush())
-                    return False
-                if isinstance(item, invoke.InvocationError):
-                    await self._write(coalescer.flush())
-                    self._failed(item.code, str(item))
-                    status = getattr(item, "status", 0) or 0
-                    return not self.outcome.wrote and (
-                        item.code in RETRYABLE or status == 429 or status >= 500
-                    )
-                try:
-                    chunks = normalizer.feed(item)
-                except MalformedOutput as exc:
-                    await self._write(coalescer.flush())
-                    self._failed(
-                        "malformed_output", f"the agent sent what is not its dialect: {exc}"
-                    )
-                    logger.warning("agent %s: %s", self.spec.id, exc)
-                    return False
-                for chunk in chunks:
-                    if chunk.get("type") in ("content", "thinking"):
-                        self.outcome.deltas += 1  # (the upstream's, before coalescing)
-                    await self._write(coalescer.push(chunk))
+                        await self._write(out + coalescer.flush())
+                        self._failed(
+                            "malformed_output", f"the agent sent what is not its dialect: {exc}"
+                        )
+                        logger.warning("agent %s: %s", self.spec.id, exc)
+                        return False
+                    for chunk in chunks:
+                        if chunk.get("type") in ("content", "thinking"):
+                            self.outcome.deltas += 1  # (the upstream's, before coalescing)
+                        out += coalescer.push(chunk, hold=hold)
+                due = coalescer.due()
+                if due is not None and due <= time.monotonic():
+                    out += coalescer.flush()
+                await self._write(out)
             return False  # a terminal chunk was written: what follows is not read
         except asyncio.CancelledError:
             if self.stop_requested_by is None:
@@ -215,6 +215,21 @@ class Generation:
                 upstream.cancel()
                 with contextlib.suppress(BaseException):
                     await upstream
+
+    async def _finish(self, item: Any, normalizer: Normalizer, coalescer: Coalescer) -> bool:
+        """The upstream ended (``_END``) or failed (an ``InvocationError``): write what is
+        held and how it ended; True when it is worth a retry."""
+        if item is _END:
+            try:
+                await self._write(coalescer.flush() + normalizer.finish())
+            except MalformedOutput as exc:
+                self._failed("malformed_output", str(exc))
+            await self._write(coalescer.flush())
+            return False
+        await self._write(coalescer.flush())
+        self._failed(item.code, str(item))
+        status = getattr(item, "status", 0) or 0
+        return not self.outcome.wrote and (item.code in RETRYABLE or status == 429 or status >= 500)
 
     async def _write(self, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:

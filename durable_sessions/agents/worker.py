@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from durable_sessions import streams
 from durable_sessions.agents import links
 from durable_sessions.agents.session_run import SessionRun
-from durable_sessions.agents.writer import db, lease_db
+from durable_sessions.agents.writer import close_pools, db, lease_db
 from durable_sessions.conf import ds_settings
 from durable_sessions.sessions.models import Session
 from durable_sessions.streams import subscriptions
@@ -87,6 +87,7 @@ class AgentWorker:
         finally:
             follower.cancel()
             await self._drain()
+            await asyncio.to_thread(close_pools)
 
     def stop(self) -> None:
         """End gracefully (from the worker's loop)."""

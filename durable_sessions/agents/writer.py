@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from django.db import close_old_connections, connection
-
+from durable_sessions import dbthreads
 from durable_sessions.sessions import errors, writes
 from durable_sessions.sessions.models import Session
 
@@ -45,9 +46,7 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     finally:
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
-        close_old_connections()
+        dbthreads.tidy()  # (the thread's connection is kept for its next call)
 
 
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -69,6 +68,78 @@ async def lease_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         )
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_lease_pool, functools.partial(_call, fn, *args, **kwargs))
+
+
+def close_pools() -> None:
+    """Close the connections of the database threads and let the threads end (a worker
+    stopped). What is queued on them runs first; the next ``db()`` call starts new ones."""
+    global _pool, _lease_pool
+    pools = [(_pool, DB_THREADS), (_lease_pool, LEASE_THREADS)]
+    _pool = _lease_pool = None
+    for pool, size in pools:
+        if pool is None:
+            continue
+        barrier = threading.Barrier(size)
+
+        def close(barrier: threading.Barrier = barrier) -> None:
+            dbthreads.close()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=30)  # (one each: no thread takes two)
+
+        for _ in range(size):
+            pool.submit(close)
+        pool.shutdown(wait=True)
+
+
+class _Batcher:
+    """The chunks the generations of one event loop submit, queued in batches: while one
+    batch is on its database thread (``writes.submit_chunks``: the clocks of all its sessions
+    in one commit), the next one gathers."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[writes.ChunkWrite, asyncio.Future[Any]]] = []
+        self.draining = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def submit(self, write: writes.ChunkWrite) -> Any:
+        """The future of ``write``'s append (``writes.submit_chunks``); raises what kept it
+        from being queued."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((write, waiter))
+        if not self.draining:
+            self.draining = True
+            self._task = asyncio.ensure_future(self._drain())
+        outcome = await asyncio.shield(waiter)  # (a cancelled generation: the batch goes on)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    outcomes = await db(writes.submit_chunks, [write for write, _ in batch])
+                except Exception as exc:  # the database: every chunk of the batch says so
+                    outcomes = [exc] * len(batch)
+                for (_write, waiter), outcome in zip(batch, outcomes, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(outcome)
+        finally:
+            self.draining = False
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _batcher() -> _Batcher:
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = _Batcher()
+    return batcher
 
 
 class LeaseLost(Exception):
@@ -116,8 +187,8 @@ class Writer:
         self.producer_seq = 0
         self.on_written = on_written
 
-    def _submit(self, chunk: dict[str, Any], expect_tail: str | None) -> Any:
-        return writes.submit_chunk(
+    def _chunk_write(self, chunk: dict[str, Any], expect_tail: str | None) -> writes.ChunkWrite:
+        return writes.ChunkWrite(
             self.session,
             message_id=self.message_id,
             seq=self.seq,
@@ -136,9 +207,9 @@ class Writer:
             if not self.lease.valid():
                 raise LeaseLost(f"the claim may have lapsed: {self.message_id} not written")
             try:
-                # The clock and the queueing on a database thread; the commit is waited for
-                # here, on the loop, so that the thread serves other generations meanwhile.
-                future = await db(self._submit, chunk, expect_tail)
+                # The clock and the queueing in a batch with the other generations' chunks,
+                # on a database thread; the commit is waited for here, on the loop.
+                future = await _batcher().submit(self._chunk_write(chunk, expect_tail))
                 with contextlib.suppress(Exception):  # (its error is read just below)
                     # shielded: a cancelled generation must not cancel the log's own future
                     await asyncio.shield(asyncio.wrap_future(future))

@@ -239,3 +239,23 @@ def test_coalescing_never_changes_the_folded_parts(
     for chunk in written:
         if chunk["type"] in ("content", "thinking"):
             assert (chunk["type"], chunk["content"]) in remaining
+
+
+def test_held_deltas_of_a_backlog_are_written_as_one_chunk():
+    """``hold``: a caller that pushes what piled up during a slow write gets nothing back
+    before its own flush, however old the held text is, and then one chunk with all of it."""
+    clock = Clock()
+    coalescer = Coalescer(0.05, clock=clock)
+    coalescer.push(content("a"))
+    clock.now = 1.0  # far past due
+    assert coalescer.push(content("b"), hold=True) == []
+    assert coalescer.push(content("c"), hold=True) == []
+    assert coalescer.due() is not None and coalescer.due() <= clock.now
+    assert coalescer.flush() == [{"type": "content", "delta": "abc", "content": "abc"}]
+    # a chunk that is not a delta still flushes first, hold or not
+    coalescer.push(content("d"), hold=True)
+    out = coalescer.push({"type": "done", "finishReason": "stop"}, hold=True)
+    assert out == [
+        {"type": "content", "delta": "d", "content": "abcd"},
+        {"type": "done", "finishReason": "stop"},
+    ]

@@ -28,6 +28,7 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
+from durable_sessions import dbthreads
 from durable_sessions.conf import ds_settings
 from durable_sessions.streams.db import STREAM
 from durable_sessions.streams.offsets import START
@@ -48,6 +49,7 @@ logger = logging.getLogger("durable_sessions.streams.subscriptions")
 LINK = "durable_sessions_subscription_link"
 SUBSCRIPTION = "durable_sessions_subscription"
 BACKFILL_EVERY = 10  # sweeps between passes that link streams a pattern matches
+IDLE_CLOSE = 1.0  # seconds without work after which the thread closes its connection
 
 
 class SubscriptionWorker:
@@ -124,13 +126,14 @@ class SubscriptionWorker:
                         wait = next_sweep - time.monotonic()
                         if wait <= 0:
                             break
-                        self._cond.wait(wait)
+                        if not self._cond.wait(min(wait, IDLE_CLOSE)):
+                            dbthreads.close()  # idle: the connection is not kept meanwhile
                     if self._stopping:
                         return
                     changes, self._changes = self._changes, []
                     send, self._send = self._send, False
                 try:
-                    close_old_connections()
+                    dbthreads.tidy()  # kept while rounds follow each other
                     if changes:
                         self.after_commit(changes)
                     if send:
