@@ -143,6 +143,7 @@ class Generation:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         normalizer = Normalizer(option(self.spec, "format"))
         coalescer = Coalescer(float(ds_settings.AGENT_FLUSH_INTERVAL))
+        hold = coalescer.interval > 0  # a backlog is written together (0: one write per token)
         self.outcome.status, self.outcome.error_code, self.outcome.error_message = "done", "", ""
 
         async def pump() -> None:
@@ -177,7 +178,6 @@ class Generation:
                 # what came meanwhile too (a slow write lets the queue grow): it is written
                 # together, not one token per write, so a backlog never outgrows the writes
                 items = [getter.result()]
-                hold = coalescer.interval > 0  # (0: one write per token, as asked)
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 out: list[dict[str, Any]] = []

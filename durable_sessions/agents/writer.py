@@ -98,35 +98,30 @@ class _Batcher:
 
     def __init__(self) -> None:
         self.pending: list[tuple[writes.ChunkWrite, asyncio.Future[Any]]] = []
-        self.draining = False
-        self._task: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
 
     async def submit(self, write: writes.ChunkWrite) -> Any:
         """The future of ``write``'s append (``writes.submit_chunks``); raises what kept it
         from being queued."""
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((write, waiter))
-        if not self.draining:
-            self.draining = True
-            self._task = asyncio.ensure_future(self._drain())
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
         outcome = await asyncio.shield(waiter)  # (a cancelled generation: the batch goes on)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     async def _drain(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    outcomes = await db(writes.submit_chunks, [write for write, _ in batch])
-                except Exception as exc:  # the database: every chunk of the batch says so
-                    outcomes = [exc] * len(batch)
-                for (_write, waiter), outcome in zip(batch, outcomes, strict=True):
-                    if not waiter.done():
-                        waiter.set_result(outcome)
-        finally:
-            self.draining = False
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                outcomes = await db(writes.submit_chunks, [write for write, _ in batch])
+            except Exception as exc:  # the database: every chunk of the batch says so
+                outcomes = [exc] * len(batch)
+            for (_write, waiter), outcome in zip(batch, outcomes, strict=True):
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (

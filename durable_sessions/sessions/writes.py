@@ -46,14 +46,6 @@ def _order_lock(session_id: Any) -> threading.Lock:
         return lock
 
 
-def tick(session_id: Any) -> int:
-    """The session's next ``createdAt`` in epoch milliseconds (and its last activity now)."""
-    clocks = tick_many({session_id: 1})
-    if str(session_id) not in clocks:
-        raise errors.NotFound("no such session")
-    return clocks[str(session_id)]
-
-
 def tick_many(counts: dict[Any, int]) -> dict[str, int]:
     """Move the clocks of many sessions at once, by ``counts[session_id]`` values each, in one
     transaction: the last of each session's values (by ``str(session_id)``; the first is
