@@ -138,6 +138,7 @@ class SessionRun:
         reached."""
         batches: asyncio.Queue[streams.ReadResult | BaseException] = asyncio.Queue()
         up_to_date = False
+        held = False  # (stopping: a batch that asks for work was read, not acked)
 
         async def read() -> None:
             try:
@@ -163,8 +164,15 @@ class SessionRun:
                         return offset
                     up_to_date = False
                     continue
-                if self.stopping and not self.running:
-                    return offset
+                if self.stopping and not self.running and (held or up_to_date):
+                    # (read on to the tail first: what needs no answer, this run's own
+                    # writes among it, is acked with the rest)
+                    try:
+                        if held or str((await streams.ainfo(self.path)).tail) == offset:
+                            return offset
+                    except (streams.StreamNotFound, streams.StreamGone):
+                        return offset  # the session was deleted
+                    up_to_date = False
                 self.changed.clear()
                 getter = asyncio.ensure_future(batches.get())
                 waiter = asyncio.ensure_future(self.changed.wait())
@@ -181,8 +189,11 @@ class SessionRun:
                         self.log.info("the session's stream is gone")
                         return offset
                     raise item
-                if self.stopping:  # only stops: the rest is the next claim's (not acked)
+                if self.stopping:  # only stops; work to do is the next claim's (not acked)
                     self._stops(item.messages())
+                    held = held or bool(await self._decide(item.messages()))
+                    if not held:
+                        offset, up_to_date = str(item.next), item.up_to_date
                     continue
                 await self._handle(item.messages())
                 offset, up_to_date = str(item.next), item.up_to_date
@@ -204,12 +215,17 @@ class SessionRun:
 
     async def _handle(self, events: list[Any]) -> None:
         self._stops(events)
+        for plan, source in await self._decide(events):
+            await self._plan(plan, source)
+
+    async def _decide(self, events: list[Any]) -> list[tuple[triggers.Plan, state.Message | None]]:
+        """Which agents answer which of ``events`` (each plan with its source message)."""
         arrived = triggers.arrivals(events)
         if not arrived:
-            return
+            return []
         specs, registered_at = await db(self._agents)
         if not specs:
-            return
+            return []
         depth_of = await db(jobs.depths, self.session, [a.message_id for a in arrived])
         max_chain = int(ds_settings.AGENT_MAX_CHAIN)
 
@@ -224,8 +240,7 @@ class SessionRun:
             )
             return [(plan, session_state.message(plan.source_message_id)) for plan in plans]
 
-        for plan, source in await db(_read, self.path, decide):
-            await self._plan(plan, source)
+        return await db(_read, self.path, decide)
 
     def _agents(self) -> tuple[list[AgentSpec], dict[str, Any]]:
         return registry.registered(self.session), jobs.registered_at(self.session)

@@ -7,6 +7,7 @@ the job rows.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -377,3 +378,47 @@ def test_usage_through_the_api_for_members_and_for_me(alice):
     assert outsider.get("/v1/usage").json()["totals"]["generations"] == 0
     assert outsider.get(f"/v1/sessions/{sid}/usage").status_code in (403, 404)
     assert APIClient().get("/v1/usage").status_code == 401
+
+
+def _stopping_run(session_id: str) -> None:
+    """Claim the session and run it as a worker does that is already shutting down."""
+    from durable_sessions.agents.session_run import SessionRun
+    from durable_sessions.agents.worker import AgentWorker
+    from durable_sessions.agents.writer import close_pools, db, lease_db
+    from durable_sessions.sessions.models import Session
+
+    async def main() -> None:
+        worker = AgentWorker("stopping-worker")
+        claim = await lease_db(subscriptions.claim, links.subscription_id(session_id), worker.name)
+        session = await db(lambda: Session.objects.get(pk=session_id))
+        run = SessionRun(worker.name, worker, claim, session)
+        run.stop()
+        await run.run()
+        await asyncio.to_thread(close_pools)
+
+    asyncio.run(main())
+
+
+def pending(session_id: str) -> bool:
+    info = subscriptions.get(links.subscription_id(session_id))
+    return any(link.has_pending for link in info.streams)
+
+
+def test_a_run_stopping_acks_what_needs_no_answer_and_leaves_what_does(alice):
+    # what a shutting-down worker reads on to the tail: its own writes, presence; a message
+    # an agent should answer stops it there, unacked, for the next claim
+    sid = session_with(alice, agent("echo", "echo"))
+    service.presence_login(user=alice, session_id=sid, device_id="laptop")
+    assert pending(sid)
+    _stopping_run(sid)
+    assert not pending(sid)
+    assert not jobs_of(sid)
+
+    service.presence_login(user=alice, session_id=sid, device_id="phone")
+    post(alice, sid, "answer me after the restart")
+    _stopping_run(sid)
+    assert pending(sid) and not jobs_of(sid)
+    with running_worker():
+        [answer] = wait_for_answers(alice, sid, "echo")
+        wait_until(lambda: idle(sid), 30, what="the run to ack")
+    assert text(answer).strip() == "echo: answer me after the restart"
