@@ -120,6 +120,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()
+
+
+def created_at_monotonic_ns(created_at: str) -> int:
+    """A row's ``createdAt`` (the session clock: wall time, ms) on this machine's monotonic
+    clock, the stamps' (the two clocks' difference is the same in every process)."""
+    from datetime import datetime
+
+    wall = datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+    return round(wall * 1e9) - WALL_MINUS_MONOTONIC_NS
+
+
 def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
     ms = [v / 1e6 for v in latencies_ns]
     return {
@@ -286,9 +298,16 @@ class Message:
 class Subscriber:
     """One websocket on a session's stream, folding the agent's chunks as they come."""
 
-    def __init__(self, socket: Any, latencies: list[int], record: dict[str, float]) -> None:
+    def __init__(
+        self,
+        socket: Any,
+        latencies: list[int],
+        record: dict[str, float],
+        stamped: list[int] | None = None,
+    ) -> None:
         self.socket = socket
         self.latencies = latencies
+        self.stamped = [] if stamped is None else stamped  # token sent -> its row's createdAt
         self.record = record  # "started": posted-at, for the first row's time
         self.messages: dict[str, Message] = {}
         self.controls = 0
@@ -323,9 +342,11 @@ class Subscriber:
         chunk = json.loads(value["chunk"])
         kind = chunk.get("type")
         if kind == "content":
+            created = created_at_monotonic_ns(value["createdAt"])
             for token in chunk["delta"].split():
                 k, _, sent = token.partition(":")
                 self.latencies.append(now - int(sent))
+                self.stamped.append(created - int(sent))
                 message.tokens += 1
                 if int(k) != message.next_k:
                     message.disorder += 1
@@ -348,6 +369,7 @@ async def run_ours(
     headers = {"Authorization": world["token"]}
     worker = await asyncio.to_thread(start_worker, configuration, round_, args.profile)
     latencies: list[int] = []
+    stamped: list[int] = []
     record: dict[str, float] = {}
     ws_base = base_url.replace("http://", "ws://")
     subscribers: list[Subscriber] = []
@@ -364,7 +386,7 @@ async def run_ours(
                 open_timeout=60,
             )
         sockets.append(socket)
-        subscriber = Subscriber(socket, latencies, record)
+        subscriber = Subscriber(socket, latencies, record, stamped)
         subscribers.append(subscriber)
         tasks.append(asyncio.create_task(subscriber.run()))
 
@@ -411,6 +433,7 @@ async def run_ours(
     messages = [m for s in subscribers for m in s.messages.values()]
     rows = sum(m.rows for m in messages)
     tokens = sum(m.tokens for m in messages)
+    after_clock = [t - c for t, c in zip(latencies, stamped, strict=True)]
     firsts = sorted(m.first_at - started for m in messages if m.first_at is not None)
     figures = {
         "configuration": configuration,
@@ -435,6 +458,10 @@ async def run_ours(
         "first_row_max_s": firsts[-1] if firsts else float("nan"),
         "timed_out": len(pending),
         **latency_figures(latencies),
+        # the latency's split at the row's clock tick: the runtime up to its write, then
+        # the write's commit and the fan-out (createdAt has ms resolution)
+        **{f"to_clock_{k}": v for k, v in latency_figures(stamped).items()},
+        **{f"after_clock_{k}": v for k, v in latency_figures(after_clock).items()},
     }
     figures["delivered_once"] = (
         figures["generations"] == args.generations
@@ -568,6 +595,13 @@ def report(runs: list[dict], args: argparse.Namespace, probes: list[dict]) -> No
             f" every token once, in order, every generation done {verdict(once)}"
             + ("" if configuration == "coalesce" else "   (targets of the default: reported)")
         )
+    for run in runs:
+        if run["configuration"] != "floor":
+            print(
+                f"{run['configuration']} round {run['round']}: p50/p99 ms up to the row's clock"
+                f" tick {run['to_clock_p50_ms']:.0f}/{run['to_clock_p99_ms']:.0f}, from it to the"
+                f" subscriber {run['after_clock_p50_ms']:.0f}/{run['after_clock_p99_ms']:.0f}"
+            )
     print(f"machine probe before / after: {probes[0]} / {probes[1]}")
 
 
