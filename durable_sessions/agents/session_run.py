@@ -154,7 +154,13 @@ class SessionRun:
             while not self.lease.lost:
                 if not self.stopping:
                     await self._start_waiting()
-                if up_to_date and not self.running and not any(self.queued.values()):
+                # Idle: nothing runs, and nothing waits (stopping: what waits is left). A
+                # stopping run reads on to the tail too: what needs no answer, this run's own
+                # writes among it, is acked with the rest.
+                idle = not self.running and (self.stopping or not any(self.queued.values()))
+                if idle and held:
+                    return offset
+                if idle and up_to_date:
                     # (the batch that said "up to date" may predate this run's last writes)
                     try:
                         tail = str((await streams.ainfo(self.path)).tail)
@@ -164,15 +170,6 @@ class SessionRun:
                         return offset
                     up_to_date = False
                     continue
-                if self.stopping and not self.running and (held or up_to_date):
-                    # (read on to the tail first: what needs no answer, this run's own
-                    # writes among it, is acked with the rest)
-                    try:
-                        if held or str((await streams.ainfo(self.path)).tail) == offset:
-                            return offset
-                    except (streams.StreamNotFound, streams.StreamGone):
-                        return offset  # the session was deleted
-                    up_to_date = False
                 self.changed.clear()
                 getter = asyncio.ensure_future(batches.get())
                 waiter = asyncio.ensure_future(self.changed.wait())
