@@ -77,6 +77,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,6 @@ WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()
 def created_at_monotonic_ns(created_at: str) -> int:
     """A row's ``createdAt`` (the session clock: wall time, ms) on this machine's monotonic
     clock, the stamps' (the two clocks' difference is the same in every process)."""
-    from datetime import datetime
-
     wall = datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
     return round(wall * 1e9) - WALL_MINUS_MONOTONIC_NS
 
@@ -303,11 +302,11 @@ class Subscriber:
         socket: Any,
         latencies: list[int],
         record: dict[str, float],
-        stamped: list[int] | None = None,
+        stamped: list[int],
     ) -> None:
         self.socket = socket
         self.latencies = latencies
-        self.stamped = [] if stamped is None else stamped  # token sent -> its row's createdAt
+        self.stamped = stamped  # token sent -> its row's createdAt
         self.record = record  # "started": posted-at, for the first row's time
         self.messages: dict[str, Message] = {}
         self.controls = 0

@@ -100,6 +100,15 @@ def wait_for_answers(
     return found
 
 
+def pending(session_id: str) -> bool:
+    """Whether the session's subscription has work past its acked offset."""
+    from durable_sessions.agents import links
+    from durable_sessions.streams import subscriptions
+
+    info = subscriptions.get(links.subscription_id(session_id))
+    return any(link.has_pending for link in info.streams)
+
+
 def idle(session_id: str) -> bool:
     """Whether the runtime is done with the session: its subscription acked to the tail and
     unclaimed, and every job ended."""

@@ -24,6 +24,7 @@ from tests.agents.runtime import (
     idle,
     jobs_of,
     messages,
+    pending,
     post,
     running_worker,
     session_with,
@@ -60,8 +61,7 @@ def test_a_user_message_is_answered_by_the_registered_agent(alice):
     assert job.first_token_at is not None and job.ended_at is not None
     assert job.tokens_out and job.usage_counted  # the script reports no usage: counted
     # the worker acked its own writes too: nothing is pending, nothing answered twice
-    info = subscriptions.get(links.subscription_id(sid))
-    assert not any(link.has_pending for link in info.streams)
+    assert not pending(sid)
     assert [m["role"] for m in messages(alice, sid)] == ["user", "assistant"]
 
 
@@ -397,11 +397,6 @@ def _stopping_run(session_id: str) -> None:
         await asyncio.to_thread(close_pools)
 
     asyncio.run(main())
-
-
-def pending(session_id: str) -> bool:
-    info = subscriptions.get(links.subscription_id(session_id))
-    return any(link.has_pending for link in info.streams)
 
 
 def test_a_run_stopping_acks_what_needs_no_answer_and_leaves_what_does(alice):
