@@ -1,12 +1,12 @@
 """One claim of one session: take over what a dead worker left, then answer what arrives.
 
-A ``SessionRun`` holds the session's agents subscription under a lease (heartbeats keep it),
-follows the session stream from the subscription's acked offset, and for every batch finds the
-triggers (``triggers.py``), opens a job per generation (once per trigger: ``jobs.open_job``)
-and runs the generations, applying each agent's policy when it is already answering
-(``queue``, ``interrupt``, ``parallel``, ``reject``). A ``stop-request`` row on the stream stops
-the generation it names. When nothing runs and the stream is read to its tail, its own writes
-included, the run acks ``done`` there and ends.
+A ``SessionRun`` holds the session's agents subscription under a lease (the worker's
+heartbeats keep it), follows the session stream from the subscription's acked offset, and for
+every batch finds the triggers (``triggers.py``), opens a job per generation (once per
+trigger: ``jobs.open_job``) and runs the generations, applying each agent's policy when it is
+already answering (``queue``, ``interrupt``, ``parallel``, ``reject``). A ``stop-request`` row
+on the stream stops the generation it names. When nothing runs and the stream is read to its
+tail, its own writes included, the run acks ``done`` there and ends.
 
 At the start, the jobs an earlier claim left running are taken over: one that wrote nothing is
 run again; one cut off mid-answer is ended with ``error`` (code ``interrupted``), written
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -86,19 +85,21 @@ class SessionRun:
         self.queued: dict[str, deque[tuple[AgentSpec, m.Job]]] = {}
         self.changed = asyncio.Event()
         self.stopping = False
+        self.acking = False
         self.log = _SessionLog(logger, {"session": str(session.pk), "claim": claim.generation})
 
     # -- the claim ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Work until idle, then ack; on a lost lease, stop writing and leave."""
-        heartbeat = asyncio.ensure_future(self._heartbeat())
+        """Work until idle, then ack; on a lost lease, stop writing and leave. The worker
+        heartbeats the claim (``AgentWorker``: one transaction for all its claims)."""
         try:
             await self._take_over()
             link = next((s for s in self.claim.streams if s.path == self.path), None)
             offset = str(link.acked) if link is not None else "-1"
             offset = await self._follow(offset)
             if not self.lease.lost:
+                self.acking = True  # (a heartbeat refused from now on: the ack ended the wake)
                 try:
                     await lease_db(subscriptions.ack, self.claim, {self.path: offset}, done=True)
                 except subscriptions.Fenced:
@@ -106,7 +107,6 @@ class SessionRun:
                 except subscriptions.SubscriptionNotFound:
                     self.log.info("the session was deleted meanwhile")
         finally:
-            heartbeat.cancel()
             for running in list(self.running.values()):
                 running.task.cancel()
             if self.running:
@@ -114,24 +114,16 @@ class SessionRun:
                     *(r.task for r in self.running.values()), return_exceptions=True
                 )
 
-    async def _heartbeat(self) -> None:
-        interval = max(0.2, self.lease.ttl / 4)
-        while True:
-            await asyncio.sleep(interval)
-            started = time.monotonic()
-            try:
-                await lease_db(subscriptions.heartbeat, self.claim)
-            except subscriptions.Fenced:
-                self.log.warning("the claim was taken over: this worker stops writing")
-                self.lease.lost = True
-                for running in self.running.values():
-                    running.task.cancel()
-                self.changed.set()
-                return
-            except Exception:  # the database is away: the lease deadline decides
-                self.log.exception("heartbeat failed")
-                continue
-            self.lease.renewed(started)
+    def taken_over(self) -> None:
+        """A heartbeat was refused: another worker has the session (or it is gone). Write
+        nothing more: the generations are cut where they are, the run leaves."""
+        if self.acking or self.lease.lost:
+            return
+        self.log.warning("the claim was taken over: this worker stops writing")
+        self.lease.lost = True
+        for running in self.running.values():
+            running.task.cancel()
+        self.changed.set()
 
     async def _follow(self, offset: str) -> str:
         """Read from ``offset`` and handle each batch until idle at the tail; the offset

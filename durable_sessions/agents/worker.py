@@ -6,6 +6,8 @@ stream from its tail, then asks every agents subscription with pending work to w
 arrived while no worker ran), and for each wake claims the session (``AlreadyClaimed`` and
 ``NoPendingWork`` only mean another worker was quicker) and hands the claim to a
 ``SessionRun``. Many sessions run at once; ``AGENT_CONCURRENCY`` bounds the generations.
+One heartbeat keeps the leases of all the worker's claims (one transaction); a claim it
+could not extend was taken over, and its run stops writing.
 Any number of workers may run, on any number of machines: the claims share the sessions out.
 
 ``stop()`` is the graceful end (SIGTERM): no new claim, and each run finishes the generations
@@ -21,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 
 from durable_sessions import streams
@@ -78,6 +81,7 @@ class AgentWorker:
         wake_path = await db(links.wake_stream)
         tail = (await streams.ainfo(wake_path)).tail
         follower = asyncio.ensure_future(self._follow(wake_path, str(tail)))
+        heartbeats = asyncio.ensure_future(self._heartbeats())
         try:
             for subscription_id in await db(_pending_subscriptions):
                 self.kick(subscription_id)
@@ -87,6 +91,7 @@ class AgentWorker:
         finally:
             follower.cancel()
             await self._drain()
+            heartbeats.cancel()
             await asyncio.to_thread(close_pools)
 
     def stop(self) -> None:
@@ -105,6 +110,30 @@ class AgentWorker:
             except Exception:  # the log is away: follow again from where it was
                 logger.exception("following %s failed; again in a second", wake_path)
                 await asyncio.sleep(1.0)
+
+    async def _heartbeats(self) -> None:
+        """Keep the leases of every claim this worker holds: one transaction for all of them
+        every quarter of the lease (``subscriptions.heartbeat_many``). A claim it could not
+        extend was taken over: its run stops writing. While the database is away, each run's
+        ``Lease`` deadline decides."""
+        while True:
+            ttls = [run.lease.ttl for run in self.runs.values()] or [links.lease_ttl_ms() / 1000]
+            await asyncio.sleep(max(0.2, min(ttls) / 4))
+            runs = list(self.runs.values())
+            if not runs:
+                continue
+            started = time.monotonic()
+            try:
+                refused = await lease_db(subscriptions.heartbeat_many, [r.claim for r in runs])
+            except Exception:
+                logger.exception("heartbeat of %d claims failed", len(runs))
+                continue
+            lost = {claim.subscription_id for claim in refused}
+            for run in runs:
+                if run.claim.subscription_id in lost:
+                    run.taken_over()
+                else:
+                    run.lease.renewed(started)
 
     def kick(self, subscription_id: str) -> None:
         """Claim ``subscription_id`` and work on it (again, if this worker already does)."""

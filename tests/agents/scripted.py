@@ -59,6 +59,15 @@ async def slow(invocation: Any) -> AsyncIterator[Any]:
         raise
 
 
+async def steady(invocation: Any) -> AsyncIterator[Any]:
+    """A token every 20 ms for 5 s, then ``done``: an answer longer than a short lease."""
+    CALLS.append(invocation)
+    for n in range(250):
+        yield {"type": "content", "delta": f"t{n} "}
+        await asyncio.sleep(0.02)
+    yield {"type": "done", "finishReason": "stop"}
+
+
 async def silent(invocation: Any) -> AsyncIterator[Any]:
     """Never says anything (the first-token timeout ends it)."""
     CALLS.append(invocation)

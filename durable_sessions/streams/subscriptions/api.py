@@ -155,6 +155,14 @@ def heartbeat(claim: Claim) -> None:
     leases.ack(claim.subscription_id, claim.token, _body(claim, None, False))
 
 
+def heartbeat_many(claims: Iterable[Claim]) -> list[Claim]:
+    """Extend the leases of many claims in one transaction; the claims it could not extend
+    (fenced: another worker has the subscription now, or it is gone)."""
+    claims = list(claims)
+    refused = leases.heartbeat_many(claims)
+    return [claim for claim in claims if claim.subscription_id in refused]
+
+
 def release(claim: Claim) -> bool:
     """Give the lease up without acking; returns whether a new wake was made."""
     body = {"wake_id": claim.wake_id, "generation": claim.generation}

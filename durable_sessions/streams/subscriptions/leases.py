@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ from durable_sessions.streams.subscriptions.errors import (
     InvalidRequest,
     NoPendingWork,
     SubscriptionNotFound,
+    TokenExpired,
+    TokenInvalid,
 )
 from durable_sessions.streams.subscriptions.models import (
     PULL_WAKE,
@@ -346,6 +348,34 @@ def ack(subscription_id: str, token: str, body: Any, *, kind: str = PULL_WAKE) -
             subscription.lease_expires_at = now + _ttl(subscription)
         subscription.save(using=_db())
         return next_wake
+
+
+def heartbeat_many(claims: Sequence[Claim]) -> set[str]:
+    """Extend the leases of many pull-wake claims in one transaction (a worker's heartbeat for
+    every session it holds): the ids of the claims it did not extend (fenced, their token no
+    good, or the subscription gone), whose rows are left as they were. The rows are locked in
+    id order, so two workers' heartbeats never wait on each other crosswise."""
+    by_id = {claim.subscription_id: claim for claim in claims}
+    if not by_id:
+        return set()
+    now = time.time()
+    refused = set(by_id)
+    extend: dict[float, list[str]] = {}  # by lease TTL
+    with transaction.atomic(using=_db()):
+        rows = Subscription.objects.using(_db()).select_for_update().filter(id__in=list(by_id))
+        for subscription in rows.order_by("id"):
+            claim = by_id[subscription.id]
+            if subscription.deleted or subscription.kind != PULL_WAKE:
+                continue
+            try:
+                _fence(subscription, claim.token, claim.wake_id, claim.generation, now)
+            except (Fenced, TokenInvalid, TokenExpired):
+                continue
+            refused.discard(subscription.id)
+            extend.setdefault(_ttl(subscription), []).append(subscription.id)
+        for ttl, ids in extend.items():
+            Subscription.objects.using(_db()).filter(id__in=ids).update(lease_expires_at=now + ttl)
+    return refused
 
 
 def release(subscription_id: str, token: str, body: Any) -> bool:

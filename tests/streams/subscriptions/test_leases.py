@@ -162,6 +162,35 @@ def test_heartbeats_keep_the_lease_and_release_hands_the_work_on(wake_stream):
     assert other.generation == claim.generation + 1
 
 
+def test_one_heartbeat_extends_many_leases_and_refuses_the_stale_and_the_gone(wake_stream):
+    claims = {}
+    for name in ("h1", "h2", "h3", "h4"):
+        streams.create(f"jobs/{name}", content_type="text/plain")
+        pull(f"s-{name}", streams=[f"jobs/{name}"])
+        streams.append(f"jobs/{name}", "x")
+        claims[name] = subscriptions.claim(f"s-{name}", "w1")
+    Subscription.objects.filter(id__startswith="s-h").update(lease_expires_at=time.time() + 0.5)
+    # s-h2 is taken over (its lease lapsed, another worker claimed it); s-h3 is deleted
+    Subscription.objects.filter(id="s-h2").update(lease_expires_at=time.time() - 1)
+    taken = subscriptions.claim("s-h2", "w2")
+    subscriptions.delete("s-h3")
+    before = {s.id: s.lease_expires_at for s in Subscription.objects.all()}
+
+    sent = time.time()
+    refused = subscriptions.heartbeat_many(claims.values())
+
+    assert {claim.subscription_id for claim in refused} == {"s-h2", "s-h3"}
+    after = {s.id: s.lease_expires_at for s in Subscription.objects.all()}
+    for extended in ("s-h1", "s-h4"):
+        assert after[extended] >= sent + 1.0  # a whole lease (1 s) from the heartbeat
+    assert after["s-h2"] == before["s-h2"]  # the new holder's lease, untouched
+    assert Subscription.objects.get(id="s-h2").holder == "w2"
+    assert subscriptions.heartbeat_many([]) == []
+    subscriptions.heartbeat(taken)  # the new holder's claim is still good
+    subscriptions.ack(claims["h1"], done=True)
+    assert [c.subscription_id for c in subscriptions.heartbeat_many([claims["h1"]])] == ["s-h1"]
+
+
 def test_a_pattern_links_existing_streams_at_their_tails_and_new_ones_at_their_start(wake_stream):
     streams.create("events/old", content_type="application/json", data="[1]")
     streams.create("other/x", content_type="application/json", data="[1]")
