@@ -45,6 +45,10 @@ Configurations, alternating in each of ``--rounds`` (2) rounds:
   JSON decoded) and takes the latency of each token the same way. No database, no worker, no
   server, no websocket.
 
+The cores of the server, of Postgres and Redis together (every process of theirs on the
+machine) and of the whole machine (``/proc/stat``, not idle) are reported over the same window,
+to tell a runtime that waits from a machine that is full.
+
 Targets (on ``coalesce``, the runtime's configuration; ``per-token`` is reported beside it):
 p99 token latency < 200 ms; worker < 1 core; every token delivered exactly once, in order, every
 generation done. The report also gives the latency ratio ours / floor, and the appends ratio
@@ -111,6 +115,48 @@ def cpu_seconds(pid: int) -> float:
     except ImportError:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def services_cpu_seconds() -> float:
+    """CPU seconds so far of every Postgres and Redis process on the machine (the backends of
+    the worker's and the server's connections; a backend that has exited is not counted)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        if name.startswith(("postgres", "redis-server")):
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle so far (all cores, ``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """The cores each party used from its creation to ``cores(wall)``: the processes named
+    (``name -> pid``), this client, Postgres and Redis together, and the whole machine."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        found = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        found["client"] = time.process_time()
+        found["services"] = services_cpu_seconds()
+        found["machine"] = machine_busy_seconds()
+        return found
+
+    def cores(self, wall: float) -> dict[str, float]:
+        end = self._read()
+        return {f"{name}_cores": (end[name] - self.start[name]) / wall for name in end}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -400,8 +446,8 @@ async def run_ours(
         async with httpx.AsyncClient(
             base_url=base_url, headers=headers, timeout=60, limits=limits
         ) as api:
-            cpu0, fake_cpu0 = cpu_seconds(worker.pid), cpu_seconds(args.fake_pid)
-            client_cpu0 = time.process_time()
+            pids = {"worker": worker.pid, "fake": args.fake_pid, "server": args.server_pid}
+            window = CpuWindow(pids)
             started = time.monotonic()
             record["started"] = started
 
@@ -419,9 +465,7 @@ async def run_ours(
                 task.cancel()
             ended = time.monotonic()
             wall = ended - started
-            cpu = cpu_seconds(worker.pid) - cpu0
-            fake_cpu = cpu_seconds(args.fake_pid) - fake_cpu0
-            client_cpu = time.process_time() - client_cpu0
+            cores = window.cores(wall)
     finally:
         for socket in sockets:
             with contextlib.suppress(Exception):
@@ -450,9 +494,7 @@ async def run_ours(
         "rows_per_generation": rows / len(messages) if messages else 0.0,
         "wall_s": wall,
         "appends_per_s": rows / wall,
-        "worker_cores": cpu / wall,
-        "fake_cores": fake_cpu / wall,
-        "client_cores": client_cpu / wall,
+        **cores,
         "first_row_p50_s": percentile(firsts, 0.5),
         "first_row_max_s": firsts[-1] if firsts else float("nan"),
         "timed_out": len(pending),
@@ -504,7 +546,7 @@ async def run_floor(fake_url: str, args: argparse.Namespace) -> dict[str, Any]:
                     next_k = int(k) + 1
         counts.append(got)
 
-    fake_cpu0, client_cpu0 = cpu_seconds(args.fake_pid), time.process_time()
+    window = CpuWindow({"fake": args.fake_pid})
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         await asyncio.gather(*(read(client) for _ in range(args.generations)))
@@ -516,8 +558,7 @@ async def run_floor(fake_url: str, args: argparse.Namespace) -> dict[str, Any]:
         "tokens_received": sum(counts),
         "disorder": disorder,
         "wall_s": wall,
-        "fake_cores": (cpu_seconds(args.fake_pid) - fake_cpu0) / wall,
-        "client_cores": (time.process_time() - client_cpu0) / wall,
+        **window.cores(wall),
         **latency_figures(latencies),
     }
 
@@ -550,9 +591,9 @@ def report(runs: list[dict], args: argparse.Namespace, probes: list[dict]) -> No
     head = (
         f"{'config':<10} {'rnd':>3} {'done':>5} {'tokens recv/sent':>17} {'once':>5}"
         f" {'p50':>6} {'p95':>6} {'p99':>6} {'max':>7} {'appends/s':>9} {'rows/gen':>8}"
-        f" {'worker':>6} {'fake':>5} {'client':>6}"
+        f" {'worker':>6} {'server':>6} {'pg+redis':>8} {'fake':>5} {'client':>6} {'machine':>7}"
     )
-    print(head + "   (latency ms; cores)")
+    print(head + f"   (latency ms; cores, of {os.cpu_count()})")
     for run in runs:
         ours = run["configuration"] != "floor"
         line = f"{run['configuration']:<10} {run.get('round', ''):>3}"
@@ -564,10 +605,11 @@ def report(runs: list[dict], args: argparse.Namespace, probes: list[dict]) -> No
         line += f" {run['max_ms']:>7.1f}"
         if ours:
             line += f" {run['appends_per_s']:>9.0f} {run['rows_per_generation']:>8.1f}"
-            line += f" {run['worker_cores']:>6.2f}"
+            line += f" {run['worker_cores']:>6.2f} {run['server_cores']:>6.2f}"
         else:
-            line += f" {'-':>9} {'-':>8} {'-':>6}"
-        line += f" {run['fake_cores']:>5.2f} {run['client_cores']:>6.2f}"
+            line += f" {'-':>9} {'-':>8} {'-':>6} {'-':>6}"
+        line += f" {run['services_cores']:>8.2f} {run['fake_cores']:>5.2f}"
+        line += f" {run['client_cores']:>6.2f} {run['machine_cores']:>7.2f}"
         print(line)
     by = {c: [r for r in runs if r["configuration"] == c] for c in ("floor", *CONFIGURATIONS)}
     appends = [
@@ -625,6 +667,7 @@ def main() -> None:
     try:
         log(f"deleted {drop_sessions()} sessions of earlier runs")
         server = ServerProcess(public=False, env=ENV).start()
+        args.server_pid = server.pid
         runs = asyncio.run(measure(server.url, fake_url, args))
     except BaseException:
         if server is not None:
@@ -636,7 +679,7 @@ def main() -> None:
         fake.stop()
     probes.append(machine_probe())
     report(runs, args, probes)
-    options = {k: v for k, v in vars(args).items() if k != "fake_pid"}
+    options = {k: v for k, v in vars(args).items() if not k.endswith("_pid")}
     print(json.dumps({"options": options, "runs": runs, "probes": probes}), file=sys.stderr)
 
 

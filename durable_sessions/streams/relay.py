@@ -1,16 +1,16 @@
 """The relay: committed changes travel between server processes over the channel layer.
 
-Every process that serves live readers keeps, per event loop, one channel on the layer and adds
-it to the group ``ds.stream.<id>`` of each stream that has live readers there: one subscription
-per stream and process, never one per client (``HubLink``). A process that writes sends each
-commit's notices for a stream to that stream's group: one message per process that follows it,
-with the entries' bytes when they are small.
+Every process that serves live readers keeps, per event loop, one channel on the layer
+(``HubLink``) and announces the streams it has live readers of on the group ``ds.hub``, with its
+channel's name: when it starts following one, and again every ``ANNOUNCE_INTERVAL``. The
+process's ``Relay`` remembers who follows what for ``INTEREST_TTL`` (a relay that starts asks
+everyone to announce), and sends only for streams that some other process follows: each batch
+of commits becomes one message per destination channel, carrying the notices of every stream
+of the batch that channel follows, with the entries' bytes when they are small. A hundred
+streams written at once cost one message per following process, not a hundred.
 
-Sending to a group costs a Redis round trip even when nobody listens, so writers only send for
-streams that some other process has said it follows: every ``HubLink`` announces its streams on
-the group ``ds.hub`` (when it starts following one, and again every ``ANNOUNCE_INTERVAL``), and the
-process's ``Relay`` remembers them for ``INTEREST_TTL``. A relay that starts asks everyone to
-announce.
+A hub also joins the group ``ds.stream.<id>`` of each stream it follows, for writers that know
+no channel for it (an interest announced without one): those get one group message per stream.
 
 Revocations (``revocation.py``) travel on ``ds.hub`` too: every hub re-authorizes the live
 readers of the path named.
@@ -32,6 +32,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer, channel_layers
 
 try:  # channels_redis with redis-py 8 raises this from a receive that waited 5 s for nothing
@@ -45,14 +46,16 @@ from durable_sessions.streams.records import Notice, StoredEntry
 logger = logging.getLogger("durable_sessions.streams.relay")
 
 CONTROL_GROUP = "ds.hub"
-NOTICE = "ds.notice"
+NOTICE = "ds.notice"  # one stream's notices (to a stream's group)
+NOTICES = "ds.notices"  # {"b": [the NOTICE message of each stream]} (to one hub's channel)
 INTEREST = "ds.interest"
 QUERY = "ds.query"
 REVOKE = "ds.revoke"  # {"p": path}: every hub re-authorizes the live readers of that path
 ANNOUNCE_INTERVAL = 20.0
 RECEIVE_SLICE = 1.0
 INTEREST_TTL = 60.0
-PAYLOAD_LIMIT = 64 * 1024  # bytes of entries carried in one message; larger: readers re-read
+PAYLOAD_LIMIT = 64 * 1024  # bytes of entries carried for one stream; larger: readers re-read
+BATCH_LIMIT = 256 * 1024  # bytes of entries in one message to a channel; more: another message
 RETRY_DELAY = 0.5
 INTEREST_SETTLE = 0.25  # seconds after announcing an interest when local readers reread once
 
@@ -122,6 +125,28 @@ def encode(stream_id: int, notices: list[Notice]) -> dict[str, Any]:
     }
 
 
+def batches(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``NOTICES`` messages that carry ``messages`` (``encode``'s) to one channel: as few
+    as ``BATCH_LIMIT`` allows, each stream's notices whole in one of them."""
+    found: list[dict[str, Any]] = []
+    size = 0
+    for message in messages:
+        weight = sum(len(entry[3]) for entry in message["e"])
+        if not found or (found[-1]["b"] and size + weight > BATCH_LIMIT):
+            found.append({"type": NOTICES, "o": ORIGIN, "b": []})
+            size = 0
+        found[-1]["b"].append(message)
+        size += weight
+    return found
+
+
+def decode_all(message: dict[str, Any]) -> list[Notice]:
+    """The notices a ``NOTICE`` or ``NOTICES`` message carries."""
+    if message.get("type") == NOTICES:
+        return [decode(item) for item in message["b"]]
+    return [decode(message)]
+
+
 def decode(message: dict[str, Any]) -> Notice:
     """The notice a layer message from ``encode`` carries."""
     entries = [StoredEntry(seq, end, count, bytes(data)) for seq, end, count, data in message["e"]]
@@ -133,7 +158,8 @@ class Relay:
 
     def __init__(self, alias: str = "default") -> None:
         self.alias = alias
-        self.remote: dict[int, float] = {}  # stream id -> until when another process follows it
+        # stream id -> {the channel of a process that follows it (None: its group): until when}
+        self.remote: dict[int, dict[str | None, float]] = {}
         self._pending: list[Notice] = []
         self._controls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -149,8 +175,7 @@ class Relay:
         """Queue ``notices`` for the processes that follow their streams (any thread)."""
         if not self.enabled or self._loop is None:
             return
-        now = time.monotonic()
-        wanted = [n for n in notices if self.remote.get(n.stream_id, 0.0) > now]
+        wanted = [n for n in notices if n.stream_id in self.remote]
         if not wanted:
             return
         with self._lock:
@@ -173,10 +198,19 @@ class Relay:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        self._loop = loop
         self._wake = asyncio.Event()
+        self._main = asyncio.gather(self._send_loop(), self._listen_loop())
+        self._loop = loop
         self._ready.set()
-        loop.run_until_complete(asyncio.gather(self._send_loop(), self._listen_loop()))
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(self._main)
+        loop.close()
+
+    def stop(self) -> None:
+        """End the relay's thread (the process's relay runs for as long as the process)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._main.cancel)
 
     async def _send_loop(self) -> None:
         layer = make_layer(self.alias)
@@ -187,17 +221,38 @@ class Relay:
             with self._lock:
                 pending, self._pending = self._pending, []
                 controls, self._controls = self._controls, []
-            by_stream: dict[int, list[Notice]] = {}
-            for notice in pending:
-                by_stream.setdefault(notice.stream_id, []).append(notice)
-            sends = [
-                layer.group_send(stream_group(sid), encode(sid, notices))
-                for sid, notices in by_stream.items()
-            ]
-            sends += [layer.group_send(CONTROL_GROUP, message) for message in controls]
-            for outcome in await asyncio.gather(*sends, return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    logger.warning("could not relay a notice: %r", outcome)
+            try:
+                await self._send(layer, pending, controls)
+            except Exception:  # (lost notices cost latency: the readers re-read)
+                logger.exception("could not relay %d notices", len(pending))
+
+    async def _send(self, layer: Any, pending: list[Notice], controls: list[dict]) -> None:
+        sends = [layer.group_send(CONTROL_GROUP, message) for message in controls]
+        for channel, messages in self._destinations(pending).items():
+            if channel is None:
+                sends += [layer.group_send(stream_group(m["s"]), m) for m in messages]
+            else:
+                sends += [layer.send(channel, batch) for batch in batches(messages)]
+        for outcome in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(outcome, ChannelFull):  # (a hub that is gone, or far behind)
+                logger.info("a hub's channel is full: its readers will re-read")
+            elif isinstance(outcome, BaseException):
+                logger.warning("could not relay a notice: %r", outcome)
+
+    def _destinations(self, pending: list[Notice]) -> dict[str | None, list[dict[str, Any]]]:
+        """Each destination's messages (one per stream) for ``pending``; None is the groups."""
+        by_stream: dict[int, list[Notice]] = {}
+        for notice in pending:
+            by_stream.setdefault(notice.stream_id, []).append(notice)
+        now = time.monotonic()
+        found: dict[str | None, list[dict[str, Any]]] = {}
+        for stream_id, notices in by_stream.items():
+            channels = [c for c, until in self.remote.get(stream_id, {}).items() if until > now]
+            if channels:
+                message = encode(stream_id, notices)
+                for channel in channels:
+                    found.setdefault(channel, []).append(message)
+        return found
 
     async def _listen_loop(self) -> None:
         layer = make_layer(self.alias)
@@ -219,10 +274,7 @@ class Relay:
                             next_refresh = time.monotonic() + ANNOUNCE_INTERVAL
                         continue
                     if message.get("type") == INTEREST and message.get("o") != ORIGIN:
-                        until = time.monotonic() + INTEREST_TTL
-                        for stream_id in message["s"]:
-                            self.remote[stream_id] = until
-                        self._forget_expired()
+                        self._interest(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -231,11 +283,24 @@ class Relay:
                 logger.warning("relay lost the channel layer (%r); retrying", exc)
                 await asyncio.sleep(RETRY_DELAY)
 
-    def _forget_expired(self) -> None:
+    def _interest(self, message: dict[str, Any]) -> None:
+        """Another process follows the streams ``message`` names, on its channel ``ch``."""
+        now = time.monotonic()
+        channel = message.get("ch")
+        if not isinstance(channel, str):
+            channel = None
+        for stream_id in message["s"]:
+            followers = self.remote.get(stream_id)
+            if followers is None:
+                followers = self.remote[stream_id] = {}
+            followers[channel] = now + INTEREST_TTL
+            if len(followers) > 1:  # a channel not announced again within the TTL is gone
+                for gone in [c for c, until in followers.items() if until <= now]:
+                    del followers[gone]
         if len(self.remote) > 10_000:
-            now = time.monotonic()
-            for stream_id in [sid for sid, until in self.remote.items() if until <= now]:
-                del self.remote[stream_id]
+            for stream_id, followers in list(self.remote.items()):
+                if all(until <= now for until in followers.values()):
+                    del self.remote[stream_id]
 
 
 _relay: Relay | None = None
@@ -304,9 +369,7 @@ class HubLink:
         self._joined.add(stream_id)
         try:
             await self.layer.group_add(stream_group(stream_id), self.channel)
-            await self.layer.group_send(
-                CONTROL_GROUP, {"type": INTEREST, "o": ORIGIN, "s": [stream_id]}
-            )
+            await self.layer.group_send(CONTROL_GROUP, self._interest([stream_id]))
             # Writers learn of this interest a moment after it is sent: whatever they committed
             # meanwhile was not relayed. One reread shortly after closes that gap quickly.
             self.hub.loop.call_later(INTEREST_SETTLE, self.hub.reread, stream_id)
@@ -327,9 +390,10 @@ class HubLink:
             await self.layer.group_add(stream_group(stream_id), self.channel)
         await self.layer.group_add(CONTROL_GROUP, self.channel)
         if streams:
-            await self.layer.group_send(
-                CONTROL_GROUP, {"type": INTEREST, "o": ORIGIN, "s": streams}
-            )
+            await self.layer.group_send(CONTROL_GROUP, self._interest(streams))
+
+    def _interest(self, streams: list[int]) -> dict[str, Any]:
+        return {"type": INTEREST, "o": ORIGIN, "s": streams, "ch": self.channel}
 
     async def _run(self) -> None:
         broken = False
@@ -352,14 +416,13 @@ class HubLink:
                             next_announce = time.monotonic() + ANNOUNCE_INTERVAL
                         continue
                     kind = message.get("type")
-                    if kind == NOTICE and message.get("o") != ORIGIN:
-                        self.hub.deliver([decode(message)])
+                    if kind in (NOTICE, NOTICES) and message.get("o") != ORIGIN:
+                        self.hub.deliver(decode_all(message))
                     elif kind == REVOKE and message.get("o") != ORIGIN:
                         self.hub.revoke(str(message.get("p")))
                     elif kind == QUERY and message.get("o") != ORIGIN and self._joined:
                         await self.layer.group_send(
-                            CONTROL_GROUP,
-                            {"type": INTEREST, "o": ORIGIN, "s": sorted(self._joined)},
+                            CONTROL_GROUP, self._interest(sorted(self._joined))
                         )
             except asyncio.CancelledError:
                 raise
