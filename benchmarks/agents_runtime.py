@@ -45,7 +45,9 @@ Configurations, alternating in each of ``--rounds`` (2) rounds:
   JSON decoded) and takes the latency of each token the same way. No database, no worker, no
   server, no websocket.
 
-The cores of the server, of Postgres and Redis together (every process of theirs on the
+The p99 of each ``WINDOW`` (2 s) of receipts since the first post shows whether the tail
+comes from the claims starting or from the steady state. The cores of the server, of Postgres
+and Redis together (every process of theirs on the
 machine) and of the whole machine (``/proc/stat``, not idle) are reported over the same window,
 to tell a runtime that waits from a machine that is full.
 
@@ -97,6 +99,7 @@ CONFIGURATIONS = {"coalesce": "0.05", "per-token": "0"}  # -> DS_AGENT_FLUSH_INT
 TARGET_P99_MS = 200.0
 TARGET_CORES = 1.0
 POSTERS = 16  # connections posting the messages
+WINDOW = 2  # seconds: the p99 of each stretch of the run, to see where the tail comes from
 TERMINAL = ("done", "error", "stop")
 TITLE = "bench agents"  # the sessions of this benchmark, by title
 
@@ -188,6 +191,18 @@ def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
 
 
 # -- the world: database, fake upstream, server, worker ----------------------------------
+
+
+def by_window(latencies_ns: list[int], received_ns: list[int], started: float) -> list[list]:
+    """``[seconds since the first post, tokens, p99 ms]`` of each ``WINDOW`` seconds of receipts:
+    whether the tail comes from the start (claims starting) or from the steady state."""
+    windows: dict[int, list[float]] = {}
+    for latency, at in zip(latencies_ns, received_ns, strict=True):
+        windows.setdefault(int((at / 1e9 - started) // WINDOW), []).append(latency / 1e6)
+    return [
+        [n * WINDOW, len(found), round(percentile(sorted(found), 0.99))]
+        for n, found in sorted(windows.items())
+    ]
 
 
 def setup(database_url: str) -> None:
@@ -349,9 +364,11 @@ class Subscriber:
         latencies: list[int],
         record: dict[str, float],
         stamped: list[int],
+        received: list[int],
     ) -> None:
         self.socket = socket
         self.latencies = latencies
+        self.received = received  # each token's receipt (monotonic ns), beside its latency
         self.stamped = stamped  # token sent -> its row's createdAt
         self.record = record  # "started": posted-at, for the first row's time
         self.messages: dict[str, Message] = {}
@@ -391,6 +408,7 @@ class Subscriber:
             for token in chunk["delta"].split():
                 k, _, sent = token.partition(":")
                 self.latencies.append(now - int(sent))
+                self.received.append(now)
                 self.stamped.append(created - int(sent))
                 message.tokens += 1
                 if int(k) != message.next_k:
@@ -415,6 +433,7 @@ async def run_ours(
     worker = await asyncio.to_thread(start_worker, configuration, round_, args.profile)
     latencies: list[int] = []
     stamped: list[int] = []
+    received: list[int] = []
     record: dict[str, float] = {}
     ws_base = base_url.replace("http://", "ws://")
     subscribers: list[Subscriber] = []
@@ -431,7 +450,7 @@ async def run_ours(
                 open_timeout=60,
             )
         sockets.append(socket)
-        subscriber = Subscriber(socket, latencies, record, stamped)
+        subscriber = Subscriber(socket, latencies, record, stamped, received)
         subscribers.append(subscriber)
         tasks.append(asyncio.create_task(subscriber.run()))
 
@@ -503,6 +522,7 @@ async def run_ours(
         # the write's commit and the fan-out (createdAt has ms resolution)
         **{f"to_clock_{k}": v for k, v in latency_figures(stamped).items()},
         **{f"after_clock_{k}": v for k, v in latency_figures(after_clock).items()},
+        "by_window": by_window(latencies, received, started),
     }
     figures["delivered_once"] = (
         figures["generations"] == args.generations
@@ -641,8 +661,12 @@ def report(runs: list[dict], args: argparse.Namespace, probes: list[dict]) -> No
             print(
                 f"{run['configuration']} round {run['round']}: p50/p99 ms up to the row's clock"
                 f" tick {run['to_clock_p50_ms']:.0f}/{run['to_clock_p99_ms']:.0f}, from it to the"
-                f" subscriber {run['after_clock_p50_ms']:.0f}/{run['after_clock_p99_ms']:.0f}"
+                f" subscriber {run['after_clock_p50_ms']:.0f}/{run['after_clock_p99_ms']:.0f};"
+                f" first row after the first post p50/max {run['first_row_p50_s']:.1f}"
+                f"/{run['first_row_max_s']:.1f} s"
             )
+            windows = " ".join(f"{at}s:{p99}" for at, _n, p99 in run["by_window"])
+            print(f"  p99 ms of each {WINDOW} s since the first post: {windows}")
     print(f"machine probe before / after: {probes[0]} / {probes[1]}")
 
 
