@@ -41,6 +41,7 @@ import certifi
 import httpx
 
 from durable_sessions import jsontext, outbound
+from durable_sessions.agents.watchdog import Watchdog
 from durable_sessions.sessions import agent_specs
 
 T = TypeVar("T")
@@ -368,30 +369,33 @@ async def _timed(source: AsyncGenerator[T, None], timeouts: Timeouts) -> AsyncGe
     start = loop.time()
     end = start + timeouts.total
     first = True
+    watchdog = Watchdog()  # (one timer for all the reads: asyncio.timeout made one per event)
     try:
         while True:
-            if first:
-                deadline, code = start + timeouts.first_event, "timeout_first_event"
-                said = f"no event within {timeouts.first_event:g} s of the request"
-            else:
-                deadline, code = loop.time() + timeouts.between_events, "timeout_between_events"
-                said = f"no event for {timeouts.between_events:g} s"
-            if end <= deadline:
-                deadline, code = end, "timeout_total"
-                said = f"the reply took more than {timeouts.total:g} s"
-            scope = asyncio.timeout_at(deadline)
+            deadline = (
+                start + timeouts.first_event if first else loop.time() + timeouts.between_events
+            )
             try:
-                async with scope:
+                with watchdog.until(min(deadline, end)):
                     item = await anext(source)
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                if scope.expired():
-                    raise InvocationError(code, f"the agent timed out: {said}") from None
-                raise
+                if not watchdog.timed_out:
+                    raise
+                if end <= deadline:
+                    code, said = "timeout_total", f"the reply took more than {timeouts.total:g} s"
+                elif first:
+                    code = "timeout_first_event"
+                    said = f"no event within {timeouts.first_event:g} s of the request"
+                else:
+                    code = "timeout_between_events"
+                    said = f"no event for {timeouts.between_events:g} s"
+                raise InvocationError(code, f"the agent timed out: {said}") from None
             first = False
             yield item
     finally:
+        watchdog.close()
         await source.aclose()
 
 

@@ -90,10 +90,12 @@ def test_a_claim_taken_over_stops_its_run_at_the_next_heartbeat(alice, settings)
         taken = time.monotonic()
         wait_until(lambda: not worker.runs, 20, what="the run to leave")
         left = time.monotonic() - taken
-        written = _written(alice, sid)
         assert Subscription.objects.get(id=sub_id).holder == "intruder"
     print(f"takeover to the run gone: {left:.2f} s (a heartbeat every 7.5 s)")
     assert left < 12
-    assert _written(alice, sid) == written  # the cut generation wrote nothing more
-    assert [job.status for job in jobs_of(sid)] == ["running"]  # for the new holder to end
+    # The cut generation did not end itself (a chunk in flight when it was cut may still have
+    # landed after the run left): its end is the new holder's to write, as is its job's.
+    [answer] = answers(alice, sid, "slow")
+    assert answer["status"] == "streaming"
+    assert [job.status for job in jobs_of(sid)] == ["running"]
     subscriptions.release(intruder)
