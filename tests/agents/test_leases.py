@@ -11,7 +11,6 @@ from django.contrib.auth.models import User
 from durable_sessions.agents import links
 from durable_sessions.streams import subscriptions
 from durable_sessions.streams.subscriptions.models import Subscription
-from tests.agents import scripted
 from tests.agents.runtime import (
     agent,
     answers,
@@ -24,19 +23,7 @@ from tests.agents.runtime import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _scripts():
-    scripted.reset()
-    yield
-    scripted.reset()
-
-
-@pytest.fixture
-def alice(transactional_db) -> User:
-    return User.objects.create_user("alice", password="pw-alice")
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scripts")]
 
 
 def lease_ttl(settings, seconds: float) -> None:

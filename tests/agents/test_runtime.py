@@ -33,19 +33,7 @@ from tests.agents.runtime import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _scripts():
-    scripted.reset()
-    yield
-    scripted.reset()
-
-
-@pytest.fixture
-def alice(transactional_db) -> User:
-    return User.objects.create_user("alice", password="pw-alice")
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scripts")]
 
 
 def test_a_user_message_is_answered_by_the_registered_agent(alice):
