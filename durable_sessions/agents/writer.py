@@ -34,14 +34,37 @@ DB_THREADS = 3
 LEASE_THREADS = 2
 UNAVAILABLE_RETRIES = 5
 
-_pool: ThreadPoolExecutor | None = None
 
+class _Threads:
+    """A pool of database threads started at its first call, whose threads keep their
+    connections until ``close()``."""
 
-def _pool_() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="durable-sessions-agents-db")
-    return _pool
+    def __init__(self, size: int, name: str) -> None:
+        self.size, self.name = size, name
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_call, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
+
+    def close(self) -> None:
+        """Close each thread's connection and let the threads end; what is queued runs first."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        barrier = threading.Barrier(self.size)
+
+        def close() -> None:
+            dbthreads.close()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=30)  # (one each: no thread takes two)
+
+        for _ in range(self.size):
+            executor.submit(close)
+        executor.shutdown(wait=True)
 
 
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -51,58 +74,34 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         dbthreads.tidy()  # (the thread's connection is kept for its next call)
 
 
+_db_threads = _Threads(DB_THREADS, "durable-sessions-agents-db")
+_lease_threads = _Threads(LEASE_THREADS, "durable-sessions-leases")
+_chunk_threads = _Threads(1, "durable-sessions-chunks")
+
+
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on one of the runtime's database threads."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool_(), functools.partial(_call, fn, *args, **kwargs))
-
-
-_lease_pool: ThreadPoolExecutor | None = None
-_chunk_pool: ThreadPoolExecutor | None = None
+    return await _db_threads.run(fn, *args, **kwargs)
 
 
 async def chunk_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn`` on the thread kept for the batches of chunks (``_Batcher``): never queued behind
     a claim's start or a job's update, so that the tokens of running generations keep flowing
     while new ones start."""
-    global _chunk_pool
-    if _chunk_pool is None:
-        _chunk_pool = ThreadPoolExecutor(1, thread_name_prefix="durable-sessions-chunks")
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_chunk_pool, functools.partial(_call, fn, *args, **kwargs))
+    return await _chunk_threads.run(fn, *args, **kwargs)
 
 
 async def lease_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn`` on the threads kept for claims, heartbeats and acks: never queued behind the
     generations' writes, so that a busy worker's leases do not lapse while it works."""
-    global _lease_pool
-    if _lease_pool is None:
-        _lease_pool = ThreadPoolExecutor(
-            LEASE_THREADS, thread_name_prefix="durable-sessions-leases"
-        )
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_lease_pool, functools.partial(_call, fn, *args, **kwargs))
+    return await _lease_threads.run(fn, *args, **kwargs)
 
 
 def close_pools() -> None:
     """Close the connections of the database threads and let the threads end (a worker
     stopped). What is queued on them runs first; the next ``db()`` call starts new ones."""
-    global _pool, _lease_pool, _chunk_pool
-    pools = [(_pool, DB_THREADS), (_lease_pool, LEASE_THREADS), (_chunk_pool, 1)]
-    _pool = _lease_pool = _chunk_pool = None
-    for pool, size in pools:
-        if pool is None:
-            continue
-        barrier = threading.Barrier(size)
-
-        def close(barrier: threading.Barrier = barrier) -> None:
-            dbthreads.close()
-            with contextlib.suppress(threading.BrokenBarrierError):
-                barrier.wait(timeout=30)  # (one each: no thread takes two)
-
-        for _ in range(size):
-            pool.submit(close)
-        pool.shutdown(wait=True)
+    for threads in (_db_threads, _lease_threads, _chunk_threads):
+        threads.close()
 
 
 class _Batcher:
